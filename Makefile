@@ -1,0 +1,34 @@
+# Two commands do everything on a fresh machine:  `make demo`  and  `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.xtc-installed
+TOKEN  ?= $(shell $(PYTHON) -c 'import secrets; print(secrets.token_hex(16))')
+RUN    ?= runs/demo/$(shell date +%Y%m%d-%H%M%S)
+
+.PHONY: setup demo test test-fast lab clean-notebooks
+
+setup: $(STAMP)
+
+# Idempotent: reinstalls only when pyproject.toml changes. torch/torchvision are pinned
+# to the releases that install from local files (a plain `pip install torch` downloads GBs).
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+demo: setup
+	$(PY) -m xtc train --config configs/synthetic-quick.yaml --out $(RUN)
+
+test: setup
+	MPLBACKEND=agg $(PY) -m pytest -q
+
+test-fast: setup
+	MPLBACKEND=agg $(PY) -m pytest -q -m "not slow"
+
+lab: setup
+	@echo "JupyterLab on http://127.0.0.1:8888/lab?token=$(TOKEN)"
+	$(VENV)/bin/jupyter lab --ip 127.0.0.1 --port 8888 --no-browser \
+		--IdentityProvider.token=$(TOKEN) --notebook-dir .

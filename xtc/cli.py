@@ -1,0 +1,139 @@
+"""Command line: ``xtc train | evaluate | prepare`` (also ``python -m xtc``).
+
+Errors a user can cause (bad config, missing data, bad checkpoint) print one line
+``xtc: error: ...`` and exit with code 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+USAGE_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError,
+                                                 FileExistsError, KeyError, NotADirectoryError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except USAGE_ERRORS as exc:
+        print(f"xtc: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("xtc: interrupted", file=sys.stderr)
+        return 130
+
+
+def _train(args) -> int:
+    from xtc import config, train
+
+    cfg = config.load(args.config, args.set or [])
+    run = train.fit(cfg, out_dir=args.out, resume=args.resume, progress=not args.quiet)
+    summary = {"out_dir": str(args.out), "best_epoch": run.best_epoch + 1,
+               "wall_time_s": round(run.wall_time_s, 1),
+               "test": {k: v for k, v in run.test_metrics.items() if not isinstance(v, list)}}
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _evaluate(args) -> int:
+    from xtc import checkpoint, config, results, runtime
+    from xtc.data import build_dataset_from_config
+    from xtc.losses import build_criterion
+    from xtc.models import build_model_from_config
+    from xtc.train import _loader, evaluate
+
+    payload = checkpoint.load(args.checkpoint)
+    cfg = config.load(payload["config"], args.set or [])
+    device = runtime.choose_device(cfg.train.device)
+    dataset = build_dataset_from_config(cfg.data, args.split)
+    model = build_model_from_config(cfg, num_classes=payload["num_classes"])
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError as exc:
+        raise ValueError(f"checkpoint {args.checkpoint} does not fit the model its config "
+                         f"describes ({str(exc).splitlines()[0]})") from None
+    criterion = build_criterion(cfg, model)
+    if "criterion" in payload:
+        criterion.load_state_dict(payload["criterion"])
+    metrics = evaluate(model.to(device), _loader(dataset, cfg), criterion.to(device), device,
+                       cfg.train.precision, progress=not args.quiet)
+    run_dir = Path(args.checkpoint).resolve().parent.parent
+    out = Path(args.out) if args.out else run_dir / f"eval-{args.split}"
+    results.write(out, params=config.flatten(cfg), metrics={args.split: metrics},
+                  checkpoint=str(args.checkpoint), split=args.split,
+                  provenance={**runtime.provenance(device),
+                              "dataset_fingerprint": dataset.fingerprint()})
+    print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, list)}, indent=2))
+    print(f"wrote {out / results.FILENAME}", file=sys.stderr)
+    return 0
+
+
+def _prepare(args) -> int:
+    from xtc.data import prepare
+
+    if args.dataset == "synthetic":
+        height, width = _size(args.size)
+        path = prepare.prepare_synthetic(args.out, n=args.n, height=height, width=width,
+                                         seed=args.seed)
+    else:
+        if not args.raw:
+            raise ValueError("xtc prepare cityscapes needs --raw DIR (the folder holding "
+                             "leftImg8bit/, gtFine/ and disparity/)")
+        path = prepare.prepare_cityscapes(args.raw, args.out, classes=args.classes,
+                                          size=_size(args.size))
+    print(f"wrote {path}")
+    return 0
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"--size {text!r} must look like HEIGHTxWIDTH, e.g. 128x256") from None
+    return height, width
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="xtc", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command")
+
+    train = sub.add_parser("train", help="train one configuration")
+    train.add_argument("--config", help="YAML config (see configs/); defaults if omitted")
+    train.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                       help="override a config value (repeatable), e.g. loss.lambda1=0.01")
+    train.add_argument("--out", required=True, type=Path, help="run folder to write")
+    train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    train.set_defaults(func=_train)
+
+    evaluate = sub.add_parser("evaluate", help="evaluate a checkpoint on a split")
+    evaluate.add_argument("--checkpoint", required=True, type=Path)
+    evaluate.add_argument("--split", default="test", choices=["train", "val", "test"])
+    evaluate.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                          help="override a config value, e.g. data.root=/data/cityscapes")
+    evaluate.add_argument("--out", help="folder for results.json (default: RUN/eval-SPLIT)")
+    evaluate.add_argument("--quiet", action="store_true")
+    evaluate.set_defaults(func=_evaluate)
+
+    prepare = sub.add_parser("prepare", help="write a dataset in the MTAN .npy layout")
+    prepare.add_argument("dataset", choices=["synthetic", "cityscapes"])
+    prepare.add_argument("--out", required=True, type=Path)
+    prepare.add_argument("--raw", type=Path, help="cityscapes: raw release folder")
+    prepare.add_argument("--classes", type=int, default=7, choices=[7, 19])
+    prepare.add_argument("--size", default="128x256", help="HEIGHTxWIDTH (default 128x256)")
+    prepare.add_argument("--n", type=int, default=1000, help="synthetic: number of train images")
+    prepare.add_argument("--seed", type=int, default=0, help="synthetic: scene seed")
+    prepare.set_defaults(func=_prepare)
+    return parser
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,290 @@
+"""Typed configuration tree: every default is visible once, here.
+
+A config is five sections (``data``, ``model``, ``loss``, ``optim``, ``train``) of plain
+dataclasses. YAML files and ``--set section.key=value`` overrides are applied on top of the
+defaults; unknown keys, wrong types and out-of-range values raise :class:`ConfigError`
+naming the field and what would fix it.
+
+Examples:
+    >>> cfg = load(None, ["loss.lambda1=0.05", "model.method=mtl"])
+    >>> cfg.loss.lambda1, cfg.model.method
+    (0.05, 'mtl')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+
+METHODS = ("stl-seg", "stl-depth", "mtl", "xtc")
+CROSS_TASK = ("consistency", "alignment", "both")
+WEIGHTINGS = ("fixed", "uncertainty", "gradnorm", "dwa")
+DEPTH_LOSSES = ("l1", "mse", "logl1", "smoothl1")
+SEG2DEPTH_LOSSES = ("l1", "ssim")
+DEPTH2SEG_LOSSES = ("ce", "kl")
+UNCERTAINTY_FORMS = ("kendall", "authors")
+PRECISIONS = ("fp32", "bf16")
+
+
+class ConfigError(ValueError):
+    """A config value a user wrote is wrong; the message names the field and the fix."""
+
+
+@dataclass
+class DataConfig:
+    name: str = "synthetic-city"  # synthetic-city | cityscapes | nyuv2
+    root: Optional[str] = None  # MTAN-layout folder for cityscapes / nyuv2
+    classes: int = 7  # cityscapes: 7 or 19 (label_7 / label_19); nyuv2 is always 13
+    height: int = 128  # synthetic-city image size (real data keep their native size)
+    width: int = 256
+    train_size: int = 1000  # synthetic-city: images in the train pool (train + val)
+    test_size: int = 200  # synthetic-city: images in the held-out test split
+    val_fraction: float = 0.1  # share of the train pool carved out for model selection
+    augment: bool = True  # scale-crop (1.0/1.2/1.5) + horizontal flip on the train split
+    num_workers: int = 0  # DataLoader worker processes
+    seed: int = 0  # synthetic-city scene seed and the train/val split seed
+
+
+@dataclass
+class ModelConfig:
+    method: str = "xtc"  # stl-seg | stl-depth | mtl | xtc
+    encoder: str = "resnet34"  # any timm backbone with five feature levels
+    pretrained: bool = False  # ImageNet weights (needs them cached; never a silent fallback)
+    decoder_width: int = 128  # mid channels of every decoder ConvBlock (paper: 128)
+    transfer_width: int = 64  # first TTNet width; levels are (w, 2w, 4w) (paper: 64)
+    transfer_batch_norm: bool = False  # BatchNorm inside the TTNets (paper default: off)
+
+
+@dataclass
+class LossConfig:
+    cross_task: str = "consistency"  # consistency (vs detached direct) | alignment (vs GT) | both
+    lambda1: float = 0.01  # weight of seg2depth inside L_S = (1-l1) L_seg + l1 L_seg2depth
+    lambda2: float = 0.01  # weight of depth2seg inside L_D = (1-l2) L_depth + l2 L_depth2seg
+    weighting: str = "uncertainty"  # fixed | uncertainty | gradnorm | dwa
+    uncertainty_form: str = "kendall"  # kendall: 1/2 e^-s L + s/2 ; authors: 1/2 e^-s L + s
+    gradnorm_alpha: float = 0.16  # GradNorm asymmetry (authors' value)
+    dwa_temperature: float = 2.0  # DWA softmax temperature (Liu et al. 2019)
+    depth_loss: str = "l1"  # direct depth loss: l1 | mse | logl1 | smoothl1
+    seg2depth_loss: str = "l1"  # transferred depth loss: l1 | ssim
+    depth2seg_loss: str = "ce"  # transferred segmentation loss: ce | kl
+    label_smoothing: float = 0.0  # on the transferred segmentation loss only
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4  # Adam learning rate (paper)
+    betas: list = field(default_factory=lambda: [0.9, 0.99])  # Adam betas (paper)
+    weight_decay: float = 0.0
+    step_size: int = 80  # StepLR period in epochs (paper: 80 Cityscapes, 60 NYUv2)
+    gamma: float = 0.5  # StepLR factor
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 250
+    batch_size: int = 8
+    seed: int = 0  # python, numpy, torch and loader workers
+    device: str = "auto"  # auto (CUDA when present) | cpu | cuda | cuda:N
+    precision: str = "fp32"  # fp32 | bf16 (autocast)
+    select: str = "val_loss"  # model selection on the val split: val_loss | miou | abs_err | ...
+    max_steps_per_epoch: Optional[int] = None  # cap for smoke runs; None = full epoch
+    eval_batch_size: Optional[int] = None  # None = batch_size
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+_CHOICES = {
+    "model.method": METHODS,
+    "loss.cross_task": CROSS_TASK,
+    "loss.weighting": WEIGHTINGS,
+    "loss.uncertainty_form": UNCERTAINTY_FORMS,
+    "loss.depth_loss": DEPTH_LOSSES,
+    "loss.seg2depth_loss": SEG2DEPTH_LOSSES,
+    "loss.depth2seg_loss": DEPTH2SEG_LOSSES,
+    "train.precision": PRECISIONS,
+}
+_RANGES = {  # field: (low, high, inclusive-low)
+    "loss.lambda1": (0.0, 1.0),
+    "loss.lambda2": (0.0, 1.0),
+    "loss.label_smoothing": (0.0, 1.0),
+    "data.val_fraction": (0.0, 0.9),
+    "optim.gamma": (0.0, 1.0),
+}
+_POSITIVE = {"train.epochs", "train.batch_size", "optim.lr", "optim.step_size",
+             "data.height", "data.width", "data.train_size", "data.test_size",
+             "model.decoder_width", "model.transfer_width", "loss.dwa_temperature"}
+
+
+def load(path: Union[str, Path, dict, None] = None, overrides: Union[list, dict, None] = None,
+         **shortcuts: Any) -> Config:
+    """Build a :class:`Config` from defaults, a YAML file (or dict), then overrides.
+
+    ``overrides`` is a list of ``"section.key=value"`` strings (values parsed as YAML) or a
+    dict ``{"section.key": value}``. ``shortcuts`` set single keys by their field name when
+    it is unique (``method="mtl"``, ``epochs=2``), as notebooks do.
+    """
+    cfg = Config()
+    if isinstance(path, dict):
+        _apply_tree(cfg, path, source="the config dict")
+    elif path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist; pass a YAML file such as "
+                              f"configs/synthetic-quick.yaml")
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of sections "
+                              f"(data, model, loss, optim, train), got {type(tree).__name__}")
+        _apply_tree(cfg, tree, source=str(path))
+    for key, value in _normalise_overrides(overrides).items():
+        set_value(cfg, key, value, source="override")
+    for name, value in shortcuts.items():
+        set_value(cfg, _shortcut_key(name), value, source="argument")
+    validate(cfg)
+    return cfg
+
+
+def save(cfg: Config, path: Union[str, Path]) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def set_value(cfg: Config, dotted: str, value: Any, source: str = "override") -> None:
+    """Set ``section.key`` on ``cfg`` after checking the key exists and the type fits."""
+    section_name, _, key = dotted.partition(".")
+    sections = {f.name for f in dataclasses.fields(Config)}
+    if section_name not in sections or not key:
+        raise ConfigError(f"{source}: unknown config key '{dotted}'; keys look like "
+                          f"'section.key' with section one of {sorted(sections)}")
+    section = getattr(cfg, section_name)
+    fields = {f.name: f for f in dataclasses.fields(section)}
+    if key not in fields:
+        raise ConfigError(f"{source}: unknown config key '{dotted}'; valid keys in "
+                          f"'{section_name}': {sorted(fields)}")
+    hint = typing.get_type_hints(type(section))[key]
+    setattr(section, key, _coerce(value, hint, dotted, source))
+
+
+def validate(cfg: Config) -> None:
+    """Check choices and ranges; raise :class:`ConfigError` naming the first bad field."""
+    flat = {f"{s}.{k}": v for s, sec in cfg.to_dict().items() for k, v in sec.items()}
+    for key, choices in _CHOICES.items():
+        if flat[key] not in choices:
+            raise ConfigError(f"{key}={flat[key]!r} is not valid; choose one of {list(choices)}")
+    for key, (low, high) in _RANGES.items():
+        if not low <= flat[key] <= high:
+            raise ConfigError(f"{key}={flat[key]} is out of range; use a value in [{low}, {high}]")
+    for key in _POSITIVE:
+        if not flat[key] > 0:
+            raise ConfigError(f"{key}={flat[key]} must be positive")
+    if cfg.data.height % 32 or cfg.data.width % 32:
+        raise ConfigError(f"data.height={cfg.data.height}, data.width={cfg.data.width}: both must "
+                          f"be divisible by 32 (the encoder downsamples 5 times)")
+    if len(cfg.optim.betas) != 2 or not all(0 <= b < 1 for b in cfg.optim.betas):
+        raise ConfigError(f"optim.betas={cfg.optim.betas} must be two numbers in [0, 1)")
+    if cfg.data.name == "cityscapes" and cfg.data.classes not in (7, 19):
+        raise ConfigError(f"data.classes={cfg.data.classes}: cityscapes has label_7 and "
+                          f"label_19; set data.classes=7 or 19")
+    if not (cfg.train.device in ("auto", "cpu", "cuda") or cfg.train.device.startswith("cuda:")):
+        raise ConfigError(f"train.device={cfg.train.device!r}; use auto, cpu, cuda or cuda:N")
+
+
+def flatten(cfg: Config) -> dict:
+    """``{"section.key": value}`` for every field (what results.json and reports show)."""
+    return {f"{s}.{k}": v for s, sec in cfg.to_dict().items() for k, v in sec.items()}
+
+
+def from_dict(tree: dict) -> Config:
+    """Rebuild a config saved with :meth:`Config.to_dict` (e.g. from a checkpoint)."""
+    return load(tree)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _apply_tree(cfg: Config, tree: dict, source: str) -> None:
+    for section, values in tree.items():
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: section '{section}' must be a mapping of keys to values")
+        for key, value in values.items():
+            set_value(cfg, f"{section}.{key}", value, source=source)
+
+
+def _normalise_overrides(overrides: Union[list, dict, None]) -> dict:
+    if overrides is None:
+        return {}
+    if isinstance(overrides, dict):
+        return dict(overrides)
+    out = {}
+    for item in overrides:
+        key, sep, raw = str(item).partition("=")
+        if not sep:
+            raise ConfigError(f"override '{item}' must look like section.key=value, "
+                              f"e.g. loss.lambda1=0.01")
+        out[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+    return out
+
+
+def _shortcut_key(name: str) -> str:
+    if "." in name:
+        return name
+    matches = [f"{section}.{name}" for section, cls in _section_types().items()
+               if name in {f.name for f in dataclasses.fields(cls)}]
+    if len(matches) != 1:
+        raise ConfigError(f"'{name}' is not a unique config field name; write it as "
+                          f"section.key (matches: {matches or 'none'})")
+    return matches[0]
+
+
+def _section_types() -> dict:
+    return {"data": DataConfig, "model": ModelConfig, "loss": LossConfig,
+            "optim": OptimConfig, "train": TrainConfig}
+
+
+def _coerce(value: Any, hint: Any, dotted: str, source: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin is Union or origin is types.UnionType:
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        hint = next(a for a in args if a is not type(None))
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    elif hint is list or typing.get_origin(hint) is list:
+        if isinstance(value, (list, tuple)):
+            return list(value)
+    else:  # pragma: no cover - every field has one of the types above
+        return value
+    name = getattr(hint, "__name__", str(hint))
+    raise ConfigError(f"{source}: {dotted}={value!r} has type {type(value).__name__}; "
+                      f"expected {name}")

@@ -1,0 +1,97 @@
+"""Device choice, seeding and provenance: the facts a run needs to be repeatable."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import platform
+import random
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import torch
+
+_PACKAGES = ("torch", "torchvision", "timm", "kornia", "numpy", "papermill", "nbval")
+
+
+def choose_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when present, else CPU; an explicit CUDA request without CUDA fails."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"train.device={name!r} but this machine has no CUDA device; "
+                           f"use train.device=auto or cpu")
+    return device
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed that depends on every part (e.g. run seed, epoch, sample index)."""
+    digest = hashlib.sha256(",".join(str(int(p)) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (CPU and CUDA) from one integer."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def worker_init_fn(worker_id: int) -> None:
+    """DataLoader workers: seed python/numpy from torch's per-worker seed."""
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast when asked for, otherwise a no-op context."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def git_commit(path: Path | None = None) -> str | None:
+    """The commit of the checkout xtc runs from (``+dirty`` if it has changes), or None."""
+    root = Path(path or Path(__file__).resolve().parent.parent)
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], check=True,
+                                capture_output=True, text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "xtc"],
+                               check=True, capture_output=True, text=True, timeout=5).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("+dirty" if dirty.strip() else "")
+
+
+def package_versions() -> dict[str, str | None]:
+    versions = {"python": sys.version.split()[0]}
+    for name in _PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def provenance(device: torch.device | None = None) -> dict:
+    """What results.json records about where and with what a run was made."""
+    device = device or choose_device("auto")
+    info = {
+        "git_commit": git_commit(),
+        "packages": package_versions(),
+        "platform": platform.platform(),
+        "device": str(device),
+        "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
+                        else platform.processor() or platform.machine()),
+        "torch_threads": torch.get_num_threads(),
+        "hostname_hash": hashlib.sha256(platform.node().encode()).hexdigest()[:8],
+    }
+    if os.environ.get("SLURM_JOB_ID"):
+        info["slurm_job_id"] = os.environ["SLURM_JOB_ID"]
+    return info

@@ -1,0 +1,288 @@
+"""Training and evaluation: ``fit(config) -> Run`` and ``evaluate(model, loader)``.
+
+The loop is the paper's step (paper-spec 3.5) with one backward of the combined loss:
+forward -> criterion (direct + cross-task terms, grouped and weighted) -> backward -> Adam
+step -> weighting hooks. Model selection uses the ``val`` split carved from the training
+set; the dataset's held-out split (``test``) is evaluated once, with the selected weights.
+
+Determinism: every epoch reseeds from ``(train.seed, epoch)`` and data augmentation draws
+from ``(data.seed, epoch, index)``, so a run resumed from ``last.pt`` continues exactly as
+an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch.utils.data import DataLoader
+
+from xtc import checkpoint, results, runtime
+from xtc.config import Config, flatten
+from xtc.data import build_dataset_from_config
+from xtc.losses import build_criterion
+from xtc.metrics import ConsistencyMeter, DepthMeter, SegmentationMeter, higher_is_better
+from xtc.models import build_model_from_config
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. a non-finite loss); the message names step and term."""
+
+
+@dataclass
+class Run:
+    """What :func:`fit` returns: the selected model and every number it measured."""
+
+    config: Config
+    model: torch.nn.Module
+    out_dir: Optional[Path]
+    history: list = field(default_factory=list)  # one dict per epoch: train losses + val metrics
+    best_epoch: int = -1
+    val_metrics: dict = field(default_factory=dict)  # of the selected checkpoint
+    test_metrics: dict = field(default_factory=dict)  # held-out split, evaluated once
+    wall_time_s: float = 0.0
+
+
+def fit(config: Config, out_dir: str | Path | None = None, resume: bool = False,
+        progress: bool = True) -> Run:
+    """Train ``config`` and return the :class:`Run`; with ``out_dir``, write checkpoints
+    (``checkpoints/{last,best}.pt``) and ``results.json`` there."""
+    start = time.perf_counter()
+    cfg, out_dir = config, Path(out_dir) if out_dir is not None else None
+    runtime.seed_everything(cfg.train.seed)
+    device = runtime.choose_device(cfg.train.device)
+    train_set, val_set, test_set = (build_dataset_from_config(cfg.data, s)
+                                    for s in ("train", "val", "test"))
+    model = build_model_from_config(cfg, num_classes=train_set.num_classes).to(device)
+    criterion = build_criterion(cfg, model).to(device)
+    optimizer = torch.optim.Adam(list(model.parameters()) + list(criterion.parameters()),
+                                 lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
+                                 weight_decay=cfg.optim.weight_decay)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, cfg.optim.step_size, cfg.optim.gamma)
+    state = {"epoch": 0, "history": [], "best_epoch": -1, "best_score": None}
+    if resume:
+        state = _restore(out_dir, cfg, model, criterion, optimizer, scheduler)
+    elif out_dir is not None and (out_dir / results.FILENAME).exists():
+        raise FileExistsError(f"{out_dir} already holds a finished run (results.json); choose "
+                              f"another --out folder or pass --resume to continue it")
+
+    for epoch in range(state["epoch"], cfg.train.epochs):
+        runtime.seed_everything(runtime.derive_seed(cfg.train.seed, epoch))
+        train_set.set_epoch(epoch)
+        loader = _loader(train_set, cfg, shuffle=True, epoch=epoch)
+        train_losses = train_one_epoch(model, criterion, optimizer, loader, device, cfg,
+                                       epoch, progress)
+        scheduler.step()
+        criterion.end_epoch()
+        val_metrics = evaluate(model, _loader(val_set, cfg), criterion, device,
+                               cfg.train.precision)
+        state["history"].append({"epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
+                                 **{f"train_{k}": v for k, v in train_losses.items()},
+                                 **{f"val_{k}": v for k, v in val_metrics.items()
+                                    if not isinstance(v, list)},
+                                 "weights": criterion.weighting.weights()})
+        score = val_metrics[cfg.train.select]
+        if _improves(score, state["best_score"], cfg.train.select):
+            state["best_score"], state["best_epoch"] = score, epoch
+            if out_dir is not None:
+                checkpoint.save(_payload(cfg, model, criterion, optimizer, scheduler, state,
+                                         epoch + 1), out_dir / "checkpoints" / "best.pt")
+        if out_dir is not None:
+            checkpoint.save(_payload(cfg, model, criterion, optimizer, scheduler, state,
+                                     epoch + 1), out_dir / "checkpoints" / "last.pt")
+
+    if out_dir is not None and state["best_epoch"] >= 0:
+        model.load_state_dict(checkpoint.load(out_dir / "checkpoints" / "best.pt")["model"])
+    best = state["history"][state["best_epoch"]] if state["best_epoch"] >= 0 else {}
+    run = Run(config=cfg, model=model, out_dir=out_dir, history=state["history"],
+              best_epoch=state["best_epoch"],
+              val_metrics={k[4:]: v for k, v in best.items() if k.startswith("val_")},
+              test_metrics=evaluate(model, _loader(test_set, cfg), criterion, device,
+                                    cfg.train.precision),
+              wall_time_s=time.perf_counter() - start)
+    if out_dir is not None:
+        write_results(run, train_set, device)
+    return run
+
+
+def train_one_epoch(model, criterion, optimizer, loader, device, cfg: Config, epoch: int,
+                    progress: bool = True) -> dict[str, float]:
+    """One pass over ``loader``; returns the mean of every loss term."""
+    from tqdm.auto import tqdm
+
+    model.train()
+    criterion.train()
+    sums: dict[str, float] = {}
+    steps = _steps(loader, cfg)
+    bar = tqdm(loader, total=steps, desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
+               disable=not progress, leave=False)
+    for step, batch in enumerate(bar):
+        if step >= steps:
+            break
+        batch = _to_device(batch, device)
+        with runtime.autocast(device, cfg.train.precision):
+            predictions = model(batch["image"])
+        terms = criterion({k: v.float() for k, v in predictions.items()}, batch)
+        _check_finite(terms, epoch, step)
+        optimizer.zero_grad(set_to_none=True)
+        terms["total"].backward()
+        optimizer.step()
+        criterion.after_step()
+        for name, value in terms.items():
+            sums[name] = sums.get(name, 0.0) + float(value.detach())
+        bar.set_postfix(loss=f"{float(terms['total']):.4f}")
+    return {name: total / max(steps, 1) for name, total in sums.items()}
+
+
+@torch.no_grad()
+def evaluate(model, loader, criterion=None, device: torch.device | None = None,
+             precision: str = "fp32", progress: bool = False) -> dict[str, Any]:
+    """Metrics of the direct predictions over the whole split (dataset-level), consistency
+    energy for ``xtc`` models, and mean loss terms when a criterion is given.
+
+    ``val_loss`` is the sum of the unweighted direct losses (no learnable weighting terms,
+    so it does not drift as uncertainty weights grow); it is the default selection score.
+    """
+    from tqdm.auto import tqdm
+
+    device = device or next(model.parameters()).device
+    model.eval()
+    if criterion is not None:
+        criterion.eval()
+    seg = SegmentationMeter(model.num_classes) if "seg" in model.tasks else None
+    depth = DepthMeter() if "depth" in model.tasks else None
+    consistency = ConsistencyMeter(model.num_classes) if model.method == "xtc" else None
+    loss_sums: dict[str, float] = {}
+    batches = 0
+    for batch in tqdm(loader, desc="evaluate", disable=not progress, leave=False):
+        batch = _to_device(batch, device)
+        with runtime.autocast(device, precision):
+            predictions = model(batch["image"])
+        predictions = {k: v.float() for k, v in predictions.items()}
+        if seg is not None:
+            seg.update(predictions["seg"], batch["seg_target"])
+        if depth is not None:
+            depth.update(predictions["depth"], batch["depth_target"], batch["depth_mask"])
+        if consistency is not None:
+            consistency.update(predictions, depth_mask=batch["depth_mask"],
+                               seg_valid=batch["seg_target"] >= 0)
+        if criterion is not None:
+            for name, value in criterion(predictions, batch).items():
+                loss_sums[name] = loss_sums.get(name, 0.0) + float(value)
+        batches += 1
+    metrics: dict[str, Any] = {}
+    for meter in (seg, depth, consistency):
+        if meter is not None:
+            metrics.update(meter.compute())
+    for name, total in loss_sums.items():
+        metrics[f"loss_{name}"] = total / max(batches, 1)
+    if criterion is not None:
+        metrics["val_loss"] = sum(metrics.get(f"loss_{t}", 0.0) for t in model.tasks)
+    return metrics
+
+
+def write_results(run: Run, train_set, device: torch.device) -> Path:
+    """results.json: config, selected val metrics, test metrics, history, provenance."""
+    cfg = run.config
+    return results.write(
+        run.out_dir,
+        params=flatten(cfg),
+        metrics={"test": run.test_metrics, "val": run.val_metrics},
+        protocol=protocol(cfg, train_set),
+        history=run.history,
+        best_epoch=run.best_epoch,
+        wall_time_s=run.wall_time_s,
+        provenance={**runtime.provenance(device), "dataset_fingerprint": train_set.fingerprint()},
+    )
+
+
+def protocol(cfg: Config, dataset) -> dict:
+    """The evaluation protocol every report prints next to its numbers."""
+    return {
+        "miou": "dataset-level confusion matrix over the split (miou_legacy: per-image mean, "
+                "the paper code's formula)",
+        "depth_units": dataset.depth_units,
+        "depth_metrics": "over all valid pixels (target > 0) of the split",
+        "model_selection": f"best val-split {cfg.train.select} (val carved from train, "
+                           f"fraction {cfg.data.val_fraction}, split seed {cfg.data.seed})",
+        "reported_split": "test (the dataset's held-out split, evaluated once)",
+        "seed": cfg.train.seed,
+    }
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _loader(dataset, cfg: Config, shuffle: bool = False, epoch: int = 0) -> DataLoader:
+    generator = torch.Generator().manual_seed(runtime.derive_seed(cfg.train.seed, epoch, 1))
+    batch_size = cfg.train.batch_size if shuffle else (cfg.train.eval_batch_size
+                                                       or cfg.train.batch_size)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=shuffle,
+                      num_workers=cfg.data.num_workers, generator=generator,
+                      worker_init_fn=runtime.worker_init_fn,
+                      persistent_workers=False, pin_memory=torch.cuda.is_available())
+
+
+def _steps(loader: DataLoader, cfg: Config) -> int:
+    cap = cfg.train.max_steps_per_epoch
+    return len(loader) if cap is None else min(cap, len(loader))
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
+            for k, v in batch.items()}
+
+
+def _check_finite(terms: dict, epoch: int, step: int) -> None:
+    bad = [name for name, value in terms.items() if not torch.isfinite(value.detach()).all()]
+    if bad:
+        raise TrainingError(f"non-finite loss at epoch {epoch + 1}, step {step + 1}: "
+                            f"term(s) {bad}; lower optim.lr or check the data for NaN/inf "
+                            f"(checkpoints/last.pt holds the last good epoch)")
+
+
+def _improves(score: float, best: float | None, metric: str) -> bool:
+    if score is None or (isinstance(score, float) and math.isnan(score)):
+        return False
+    if best is None:
+        return True
+    return score > best if higher_is_better(metric) else score < best
+
+
+def _payload(cfg, model, criterion, optimizer, scheduler, state, next_epoch: int) -> dict:
+    return {"model": model.state_dict(), "criterion": criterion.state_dict(),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "config": cfg.to_dict(), "epoch": next_epoch, "history": state["history"],
+            "best_epoch": state["best_epoch"], "best_score": state["best_score"],
+            "num_classes": model.num_classes, "method": model.method}
+
+
+def _restore(out_dir, cfg, model, criterion, optimizer, scheduler) -> dict:
+    if out_dir is None:
+        raise ValueError("resume=True needs the out_dir of the run to continue")
+    path = Path(out_dir) / "checkpoints" / "last.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume: {path} does not exist; start the run without "
+                                f"--resume (or point --out at the run folder to continue)")
+    payload = checkpoint.load(path)
+    if payload["config"] != cfg.to_dict():
+        changed = sorted(k for k, v in flatten(Config()).items() if k in flatten(cfg)
+                         and _get(payload["config"], k) != flatten(cfg)[k])
+        if [k for k in changed if k != "train.epochs"]:
+            raise ValueError(f"--resume: the config differs from the one {path} was trained "
+                             f"with in {changed}; only train.epochs may change on resume")
+    model.load_state_dict(payload["model"])
+    criterion.load_state_dict(payload["criterion"])
+    optimizer.load_state_dict(payload["optimizer"])
+    scheduler.load_state_dict(payload["scheduler"])
+    return {"epoch": payload["epoch"], "history": payload["history"],
+            "best_epoch": payload["best_epoch"], "best_score": payload["best_score"]}
+
+
+def _get(tree: dict, dotted: str):
+    section, key = dotted.split(".", 1)
+    return tree.get(section, {}).get(key)
