@@ -23,7 +23,7 @@ from torch import Tensor
 __all__ = ["DELTA_M_CONVENTION", "DEPTH_EPS", "HIGHER_IS_BETTER", "confusion_matrix",
            "iou_from_confusion", "miou_from_confusion", "pixel_acc_from_confusion",
            "legacy_miou_per_image", "depth_error_sums", "depth_metrics",
-           "consistency_energy_maps", "delta_m", "SegmentationMeter", "DepthMeter",
+           "consistency_energy_maps", "delta_m", "higher_is_better", "SegmentationMeter", "DepthMeter",
            "ConsistencyMeter"]
 
 DEPTH_EPS = 1e-6  # predictions are clamped to this before log and ratios (the depth head is unbounded)
@@ -64,6 +64,11 @@ def confusion_matrix(pred_labels: Tensor, target: Tensor, num_classes: int, igno
 
     pred_labels: (B,H,W) int in [0,K) (or logits (B,K,H,W), argmaxed); target: (B,H,W) int with
     ``ignore_index`` pixels left out entirely.
+
+    Example:
+        >>> confusion_matrix(torch.tensor([[[0, 1, 1]]]), torch.tensor([[[0, 0, -1]]]), 2)
+        tensor([[1, 1],
+                [0, 0]])
     """
     pred = _as_labels(pred_labels, num_classes)
     return _per_image_confusion(pred, target, num_classes, ignore_index).sum(0)
@@ -186,6 +191,23 @@ HIGHER_IS_BETTER: dict[str, bool] = {
 }
 
 
+def higher_is_better(metric: str) -> bool:
+    """Direction of any logged metric name (``val_``/``test_`` prefixes allowed), for model selection.
+
+    Known: :data:`HIGHER_IS_BETTER`, ``miou_legacy`` and ``seg_agreement`` (higher); losses
+    (``*loss*``) and energies (``*energy``) (lower). Anything else is an error.
+    """
+    name = metric.removeprefix("val_").removeprefix("test_")
+    if name in HIGHER_IS_BETTER:
+        return HIGHER_IS_BETTER[name]
+    if name in ("miou_legacy", "seg_agreement"):
+        return True
+    if "loss" in name or name.endswith("energy"):
+        return False
+    raise ValueError(f"unknown metric {metric!r}: choose one of {sorted(HIGHER_IS_BETTER)}, "
+                     f"miou_legacy, seg_agreement, a loss (val_loss, loss_seg, ...) or an energy")
+
+
 def delta_m(results: dict[str, float], baselines: dict[str, float],
             higher_is_better: dict[str, bool] | None = None) -> float:
     """Δm% of ``results`` against ``baselines`` over the metrics both contain.
@@ -193,6 +215,10 @@ def delta_m(results: dict[str, float], baselines: dict[str, float],
     Δm% = (100/T) Σ_k (-1)^{δ_k} (M_m,k - M_b,k) / M_b,k, δ_k = 1 if higher is better, so
     **lower Δm is better and a negative value is an improvement** over the baselines.
     ``higher_is_better`` extends/overrides :data:`HIGHER_IS_BETTER`.
+
+    Example:
+        >>> round(delta_m({"miou": 0.55, "abs_err": 0.9}, {"miou": 0.5, "abs_err": 1.0}), 6)  # both 10% better
+        -10.0
     """
     direction = {**HIGHER_IS_BETTER, **(higher_is_better or {})}
     common = [k for k in results if k in baselines]
