@@ -96,25 +96,29 @@ def apply_params(batch: dict, params: AugmentParams, depth_units: str) -> dict:
     identity = bool((params.scale == 1.0).all())
     flip = params.flip.to(device).view(b, 1, 1, 1)
 
-    def warp(x: torch.Tensor, mode: str) -> torch.Tensor:  # x: (B,C,H,W)
+    def warp(x: torch.Tensor, mode: str) -> torch.Tensor:  # x: (B,C,H,W) float
         if not identity:
-            dtype = x.dtype
-            x = crop_and_resize(x.float(), boxes.float(), (h, w), mode=mode, align_corners=True)
-            x = x.round().to(dtype) if not dtype.is_floating_point else x.to(dtype)
+            x = crop_and_resize(x, boxes.to(x.dtype), (h, w), mode=mode, align_corners=True)
         return torch.where(flip, x.flip(-1), x)
 
+    # one bilinear warp for the image, one nearest warp for every other map stacked on C
+    has_mask, has_normal = "depth_mask" in batch, "normal_target" in batch
+    maps = [batch["seg_target"][:, None].to(image.dtype if image.is_floating_point()
+                                            else torch.float32), batch["depth_target"]]
+    maps += [batch["depth_mask"].to(maps[0].dtype)] if has_mask else []
+    maps += [batch["normal_target"].to(maps[0].dtype)] if has_normal else []
+    nearest = warp(torch.cat([m.to(maps[0].dtype) for m in maps], dim=1), "nearest")
     out = dict(batch)
-    out["image"] = warp(image, "bilinear")
-    out["seg_target"] = warp(batch["seg_target"][:, None], "nearest")[:, 0]
-    depth = warp(batch["depth_target"], "nearest")
+    out["image"] = warp(image, "bilinear").to(image.dtype)
+    out["seg_target"] = nearest[:, 0].round().to(batch["seg_target"].dtype)
+    depth = nearest[:, 1:2].to(batch["depth_target"].dtype)
     scale = params.scale.to(device=device, dtype=depth.dtype).view(b, 1, 1, 1)
     depth = depth * scale if depth_units == "inverse depth" else depth / scale
     out["depth_target"] = depth
-    mask = batch.get("depth_mask")
-    mask = warp(mask.float(), "nearest") > 0.5 if mask is not None else depth > 0
+    mask = nearest[:, 2:3] > 0.5 if has_mask else depth > 0
     out["depth_mask"] = mask & (depth > 0)
-    if "normal_target" in batch:
-        normal = warp(batch["normal_target"], "nearest")
+    if has_normal:
+        normal = nearest[:, 2 + has_mask:5 + has_mask].to(batch["normal_target"].dtype)
         sign = torch.where(flip, -1.0, 1.0).to(normal.dtype)
         out["normal_target"] = torch.cat([normal[:, :1] * sign, normal[:, 1:]], dim=1)
     return out
@@ -131,6 +135,9 @@ def augment_batch(batch: dict, generator: torch.Generator, depth_units: str,
         depth_units: ``"inverse depth"`` (multiplied by s) or ``"metres"`` (divided by s).
         params: use these instead of drawing new ones (tests, replays).
     """
+    if batch["image"].ndim != 4:
+        raise ValueError(f"augment expects a batched dict with image (B,3,H,W); got image of "
+                         f"shape {tuple(batch['image'].shape)} (use augment_item for one item)")
     b, _, h, w = batch["image"].shape
     if params is None:
         params = sample_params(b, h, w, generator, scales, flip_p)
