@@ -244,14 +244,15 @@ def _normalise_overrides(overrides: Union[list, dict, None]) -> dict:
 
 
 def _shortcut_key(name: str) -> str:
+    """A bare field name as notebooks pass it; a name in several sections (``seed``) means
+    the first of train, model, loss, optim, data."""
     if "." in name:
         return name
-    matches = [f"{section}.{name}" for section, cls in _section_types().items()
-               if name in {f.name for f in dataclasses.fields(cls)}]
-    if len(matches) != 1:
-        raise ConfigError(f"'{name}' is not a unique config field name; write it as "
-                          f"section.key (matches: {matches or 'none'})")
-    return matches[0]
+    for section in ("train", "model", "loss", "optim", "data"):
+        if name in {f.name for f in dataclasses.fields(_section_types()[section])}:
+            return f"{section}.{name}"
+    raise ConfigError(f"'{name}' is not a config field; write it as section.key "
+                      f"(see xtc/config.py for the fields)")
 
 
 def _section_types() -> dict:

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 
 from xtc import checkpoint, results, runtime
 from xtc.config import Config, flatten
+from xtc.config import from_dict as config_from_dict
 from xtc.data import build_dataset_from_config
 from xtc.losses import build_criterion
 from xtc.metrics import ConsistencyMeter, DepthMeter, SegmentationMeter, higher_is_better
@@ -269,12 +270,11 @@ def _restore(out_dir, cfg, model, criterion, optimizer, scheduler) -> dict:
         raise FileNotFoundError(f"--resume: {path} does not exist; start the run without "
                                 f"--resume (or point --out at the run folder to continue)")
     payload = checkpoint.load(path)
-    if payload["config"] != cfg.to_dict():
-        changed = sorted(k for k, v in flatten(Config()).items() if k in flatten(cfg)
-                         and _get(payload["config"], k) != flatten(cfg)[k])
-        if [k for k in changed if k != "train.epochs"]:
-            raise ValueError(f"--resume: the config differs from the one {path} was trained "
-                             f"with in {changed}; only train.epochs may change on resume")
+    saved, now = flatten(config_from_dict(payload["config"])), flatten(cfg)
+    changed = sorted(k for k in now if saved[k] != now[k] and k != "train.epochs")
+    if changed:
+        raise ValueError(f"--resume: the config differs from the one {path} was trained "
+                         f"with in {changed}; only train.epochs may change on resume")
     model.load_state_dict(payload["model"])
     criterion.load_state_dict(payload["criterion"])
     optimizer.load_state_dict(payload["optimizer"])
@@ -282,7 +282,3 @@ def _restore(out_dir, cfg, model, criterion, optimizer, scheduler) -> dict:
     return {"epoch": payload["epoch"], "history": payload["history"],
             "best_epoch": payload["best_epoch"], "best_score": payload["best_score"]}
 
-
-def _get(tree: dict, dotted: str):
-    section, key = dotted.split(".", 1)
-    return tree.get(section, {}).get(key)

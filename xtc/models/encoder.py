@@ -64,7 +64,14 @@ class Encoder(nn.Module):
 
 def _create(timm, name: str, pretrained: bool) -> nn.Module:
     if not pretrained:
-        return timm.create_model(name, features_only=True, pretrained=False)
+        # timm zero-initialises the last BN gamma of every residual block, which leaves the
+        # block's inner convs with exactly zero gradient at step 0; the authors' torchvision
+        # ResNet (trained from scratch by default) does not, so switch it off where supported.
+        try:
+            return timm.create_model(name, features_only=True, pretrained=False,
+                                     zero_init_last=False)
+        except TypeError:  # a backbone family without that option
+            return timm.create_model(name, features_only=True, pretrained=False)
     try:
         return timm.create_model(name, features_only=True, pretrained=True)
     except Exception as exc:  # offline: huggingface_hub / urllib raise various OSErrors

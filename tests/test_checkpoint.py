@@ -1,0 +1,74 @@
+import pickle
+
+import pytest
+import torch
+
+from xtc import checkpoint, results
+from xtc.checkpoint import CheckpointError
+
+
+def test_save_load_round_trip_with_weights_only(tmp_path):
+    payload = {"model": {"w": torch.arange(3.0)}, "epoch": 2, "history": [{"a": 1.0}]}
+    path = checkpoint.save(payload, tmp_path / "ckpt" / "last.pt")
+    assert torch.equal(torch.load(path, weights_only=True)["model"]["w"], torch.arange(3.0))
+    assert checkpoint.load(path)["epoch"] == 2
+    assert [p.name for p in path.parent.iterdir()] == ["last.pt"]  # no temp file left
+
+
+def test_failed_write_keeps_the_previous_version(tmp_path):
+    path = checkpoint.save({"model": {"w": torch.zeros(1)}}, tmp_path / "last.pt")
+
+    def explode(tmp):
+        tmp.write_bytes(b"half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        checkpoint.atomic_write(path, explode)
+    assert torch.equal(checkpoint.load(path)["model"]["w"], torch.zeros(1))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+class _Payload:
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (open, (str(self.target), "w"))
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_hostile_pickle_is_refused_and_does_not_run(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as handle:  # a bare pickle
+        pickle.dump({"model": _Payload(marker)}, handle)
+    zipped = tmp_path / "evil.zip.pt"  # torch's own zip format with a hostile pickle inside
+    torch.save({"model": {"w": torch.zeros(1)}, "extra": _Payload(marker)}, zipped)
+    for candidate in (path, zipped):
+        with pytest.raises(CheckpointError, match="refused"):
+            checkpoint.load(candidate)
+    assert not marker.exists()
+
+
+def test_truncated_and_foreign_files(tmp_path):
+    good = checkpoint.save({"model": {"w": torch.randn(100)}}, tmp_path / "good.pt")
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="truncated"):
+        checkpoint.load(truncated)
+    torch.save({"weights": torch.zeros(1)}, tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointError, match="no 'model' entry"):
+        checkpoint.load(tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        checkpoint.load(tmp_path / "missing.pt")
+
+
+def test_results_are_strict_json(tmp_path):
+    results.write(tmp_path, params={"m": "xtc"}, metrics={"iou": [0.5, float("nan")]},
+                  history=[{"epoch": 0, "loss": float("inf")}])
+    text = (tmp_path / "results.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    doc = results.read(tmp_path)
+    assert doc["metrics"]["iou"] == [0.5, None] and doc["history"][0]["loss"] is None
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        results.read(tmp_path / "nowhere")

@@ -1,0 +1,84 @@
+"""The headline property (paper-spec §3.2, style rule 4): a cross-task term trains its transfer
+net, its source decoder and the encoder, and never the decoder that produced its target."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import xtc.config
+from xtc.losses import build_criterion, cross_task_loss
+from xtc.models import build_model
+
+K = 4
+
+
+def _batch(b: int = 2, h: int = 64, w: int = 64) -> dict:
+    g = torch.Generator().manual_seed(0)
+    seg = torch.randint(0, K, (b, h, w), generator=g)
+    seg[:, :4] = -1
+    mask = torch.rand(b, 1, h, w, generator=g) > 0.2
+    depth = torch.rand(b, 1, h, w, generator=g) * mask
+    return {"image": torch.rand(b, 3, h, w, generator=g), "seg_target": seg,
+            "depth_target": depth, "depth_mask": mask}
+
+
+@pytest.fixture(scope="module")
+def model() -> nn.Module:
+    torch.manual_seed(0)
+    return build_model("xtc", K, "resnet18", decoder_width=16, transfer_width=8)
+
+
+def _grad_mass(module: nn.Module) -> float:
+    return sum(float(p.grad.abs().sum()) for p in module.parameters() if p.grad is not None)
+
+
+ROUTES = {  # term: (modules that must get gradient, modules that must not)
+    "seg2depth": (("transfer.seg2depth", "decoders.seg", "encoder"),
+                  ("decoders.depth", "transfer.depth2seg")),
+    "depth2seg": (("transfer.depth2seg", "decoders.depth", "encoder"),
+                  ("decoders.seg", "transfer.seg2depth")),
+}
+
+
+@pytest.mark.parametrize("mode", ["consistency", "alignment", "both"])
+@pytest.mark.parametrize("term", sorted(ROUTES))
+def test_cross_task_gradient_routing(model: nn.Module, mode: str, term: str) -> None:
+    batch = _batch()
+    model.zero_grad(set_to_none=True)
+    terms = cross_task_loss(model(batch["image"]), batch, mode)
+    terms[term].backward()
+    reached, untouched = ROUTES[term]
+    for name in reached:
+        assert _grad_mass(model.get_submodule(name)) > 0, f"{term} must reach {name}"
+    for name in untouched:
+        assert _grad_mass(model.get_submodule(name)) == 0, f"{term} must not reach {name}"
+
+
+@pytest.mark.parametrize("term", sorted(ROUTES))
+def test_ssim_and_kl_variants_route_the_same(model: nn.Module, term: str) -> None:
+    batch = _batch()
+    model.zero_grad(set_to_none=True)
+    terms = cross_task_loss(model(batch["image"]), batch, "consistency", seg2depth="ssim",
+                            depth2seg="kl", label_smoothing=0.1)
+    terms[term].backward()
+    reached, untouched = ROUTES[term]
+    assert all(_grad_mass(model.get_submodule(n)) > 0 for n in reached)
+    assert all(_grad_mass(model.get_submodule(n)) == 0 for n in untouched)
+
+
+@pytest.mark.parametrize("weighting", ["fixed", "uncertainty", "gradnorm", "dwa"])
+def test_every_parameter_gets_a_gradient(model: nn.Module, weighting: str) -> None:
+    cfg = xtc.config.load(None, ["model.method=xtc", f"loss.weighting={weighting}",
+                                 "loss.cross_task=both"])
+    criterion = build_criterion(cfg, model)
+    batch = _batch()
+    model.zero_grad(set_to_none=True)
+    out = criterion(model(batch["image"]), batch)
+    out["total"].backward()
+    missing = [n for n, p in model.named_parameters()
+               if p.grad is None or not torch.isfinite(p.grad).all() or p.grad.abs().sum() == 0]
+    assert not missing, f"parameters without gradient: {missing[:5]}"
+    for name, p in criterion.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name

@@ -1,0 +1,93 @@
+import json
+
+import pytest
+import torch
+
+from xtc import checkpoint, train
+from xtc.train import TrainingError
+
+
+def _weights(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _same(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_fit_writes_results_and_loadable_checkpoints(tiny_config, tmp_path):
+    run = train.fit(tiny_config(), out_dir=tmp_path, progress=False)
+    doc = json.loads((tmp_path / "results.json").read_text())
+    assert doc["params"]["model.method"] == "xtc" and len(doc["history"]) == 2
+    for key in ("miou", "pixel_acc", "abs_err", "rel_err", "energy"):
+        assert key in doc["metrics"]["test"] and key in doc["metrics"]["val"]
+    assert doc["protocol"]["depth_units"] == "inverse depth"
+    assert doc["provenance"]["dataset_fingerprint"] and doc["provenance"]["packages"]["torch"]
+    for name in ("last.pt", "best.pt"):
+        payload = torch.load(tmp_path / "checkpoints" / name, weights_only=True)
+        assert set(payload["model"]) == set(run.model.state_dict())
+    with pytest.raises(FileExistsError, match="already holds a finished run"):
+        train.fit(tiny_config(), out_dir=tmp_path, progress=False)
+
+
+@pytest.mark.parametrize("method", ["stl-seg", "stl-depth", "mtl", "xtc"])
+def test_every_method_trains_and_evaluates(tiny_config, method):
+    run = train.fit(tiny_config(f"model.method={method}", "train.epochs=1",
+                                "train.max_steps_per_epoch=2"), progress=False)
+    assert ("miou" in run.test_metrics) == (method != "stl-depth")
+    assert ("abs_err" in run.test_metrics) == (method != "stl-seg")
+    assert ("energy" in run.test_metrics) == (method == "xtc")
+
+
+def test_same_seed_same_weights_and_resume_is_exact(tiny_config, tmp_path):
+    cfg = tiny_config("train.max_steps_per_epoch=2")
+    full = train.fit(cfg, out_dir=tmp_path / "full", progress=False)
+    again = train.fit(cfg, progress=False)
+    assert _same(_weights(full.model), _weights(again.model))
+
+    half = tiny_config("train.max_steps_per_epoch=2", "train.epochs=1")
+    train.fit(half, out_dir=tmp_path / "resumed", progress=False)
+    (tmp_path / "resumed" / "results.json").unlink()
+    train.fit(cfg, out_dir=tmp_path / "resumed", resume=True, progress=False)
+    a = checkpoint.load(tmp_path / "full" / "checkpoints" / "last.pt")
+    b = checkpoint.load(tmp_path / "resumed" / "checkpoints" / "last.pt")
+    assert _same(a["model"], b["model"]) and a["epoch"] == b["epoch"] == 2
+
+
+def test_resume_refuses_a_changed_config(tiny_config, tmp_path):
+    train.fit(tiny_config("train.epochs=1", "train.max_steps_per_epoch=1"), out_dir=tmp_path,
+              progress=False)
+    with pytest.raises(ValueError, match=r"differs .* in \['loss.lambda1'\]"):
+        train.fit(tiny_config("loss.lambda1=0.5", "train.max_steps_per_epoch=1"),
+                  out_dir=tmp_path, resume=True, progress=False)
+
+
+@pytest.mark.slow
+def test_a_short_run_lowers_the_loss(tiny_config):
+    run = train.fit(tiny_config("train.epochs=4", "loss.weighting=fixed"), progress=False)
+    first, last = run.history[0], run.history[-1]
+    assert last["train_seg"] < first["train_seg"]
+    assert last["train_depth"] < first["train_depth"]
+
+
+def test_non_finite_loss_stops_with_step_and_term(tiny_config, monkeypatch):
+    from xtc import losses
+
+    real = losses.build_criterion
+
+    def poisoned(cfg, model=None):
+        criterion = real(cfg, model)
+        forward = criterion.forward
+
+        def bad(predictions, batch):
+            terms = forward(predictions, batch)
+            terms["depth"] = terms["depth"] * float("nan")
+            terms["total"] = terms["total"] + terms["depth"]
+            return terms
+
+        criterion.forward = bad
+        return criterion
+
+    monkeypatch.setattr(train, "build_criterion", poisoned)
+    with pytest.raises(TrainingError, match=r"epoch 1, step 1: term\(s\) \['depth', 'total'\]"):
+        train.fit(tiny_config(), progress=False)

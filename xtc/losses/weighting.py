@@ -1,0 +1,217 @@
+"""Loss weighting: combine the group losses (L_S, L_D) into the total (paper-spec §3.4).
+
+One small interface, :class:`Weighting`: ``forward(groups) -> total``, ``after_step()`` (after
+``optimizer.step()``), ``end_epoch()`` (once per epoch) and ``weights()`` for logging. The
+names are the ``WEIGHTINGS`` registry: ``fixed``, ``uncertainty``, ``gradnorm``, ``dwa``.
+Learnable weights are ``nn.Parameter``s, optimised with the network by the same optimiser.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from xtc.registry import Registry
+
+WEIGHTINGS = Registry("weighting")
+
+
+class Weighting(nn.Module):
+    """Base: ``names`` are the group names, in the order ``forward`` expects them."""
+
+    def __init__(self, names: Sequence[str]):
+        super().__init__()
+        if not names:
+            raise ValueError("a weighting needs at least one loss group")
+        self.names = tuple(names)
+
+    def stack(self, groups: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(n,) tensor of the group losses in ``self.names`` order."""
+        if set(groups) != set(self.names):
+            raise ValueError(f"{type(self).__name__} expects loss groups {list(self.names)}; "
+                             f"got {sorted(groups)}")
+        return torch.stack([groups[n] for n in self.names])
+
+    def forward(self, groups: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def after_step(self) -> None:
+        """Called after ``optimizer.step()``."""
+
+    def end_epoch(self) -> None:
+        """Called once at the end of every training epoch."""
+
+    def weights(self) -> dict[str, float]:
+        """The current multiplier of every group, for logging."""
+        return {n: 1.0 for n in self.names}
+
+
+@WEIGHTINGS.register("fixed")
+class FixedWeighting(Weighting):
+    """L = sum_i L_i (the authors' "no balancing" branch)."""
+
+    def forward(self, groups: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.stack(groups).sum()
+
+
+@WEIGHTINGS.register("uncertainty")
+class UncertaintyWeighting(Weighting):
+    """Homoscedastic uncertainty weighting (Kendall, Gal, Cipolla, CVPR 2018).
+
+    One learnable s_i = log sigma_i^2 per group, initialised to 0.
+
+    * ``form="kendall"``: L = sum_i 1/2 e^{-s_i} L_i + s_i / 2, Kendall's regression form
+      1/(2 sigma^2) L + log sigma. Kendall's classification form is e^{-s} L + s/2; we use the
+      regression form for both groups because each group mixes a regression and a
+      classification term, and the optimum e^{-s} = 1/L (weight 1/(2L)) keeps the relative
+      weighting of the groups the same either way.
+    * ``form="authors"``: L = sum_i 1/2 e^{-s_i} L_i + s_i, the authors' code (§11 defect 6):
+      optimum e^{-s} = 2/L, the same relative weighting at twice the overall scale.
+
+    ``weights()`` reports the multipliers 1/2 e^{-s_i}.
+    """
+
+    def __init__(self, names: Sequence[str], form: str = "kendall"):
+        super().__init__(names)
+        if form not in ("kendall", "authors"):
+            raise ValueError(f"unknown uncertainty form '{form}'; choose kendall or authors")
+        self.form = form
+        self.log_vars = nn.Parameter(torch.zeros(len(self.names)))
+
+    def forward(self, groups: dict[str, torch.Tensor]) -> torch.Tensor:
+        losses = self.stack(groups)
+        s = self.log_vars
+        regulariser = s / 2 if self.form == "kendall" else s
+        return (0.5 * torch.exp(-s) * losses + regulariser).sum()
+
+    def weights(self) -> dict[str, float]:
+        w = (0.5 * torch.exp(-self.log_vars.detach())).tolist()
+        return dict(zip(self.names, w))
+
+
+@WEIGHTINGS.register("gradnorm")
+class GradNormWeighting(Weighting):
+    """GradNorm (Chen, Badrinarayanan, Lee, Rabinovich, ICML 2018), fixing the authors' defects.
+
+    Weights w_i (init 1) are learnable. Each training step, with W = ``shared_parameter``:
+
+        G_i  = w_i * ||grad_W L_i||           (the norm is detached: ||grad_W (w_i L_i)||
+                                               = w_i ||grad_W L_i||, so no create_graph)
+        r_i  = (L_i / L_i(0)) / mean_j (L_j / L_j(0))
+        C_i  = sg(mean(G) * r_i^alpha)
+        total = sum_i sg(w_i) L_i + sum_i |G_i - C_i|
+
+    One ``backward`` then gives the network gradients of sum_i w_i L_i only (the GradNorm loss
+    is a function of w alone; the authors' leaked into the network) and w gradients of the
+    GradNorm loss only. L_i(0) is recorded once, at the first training step (the authors reset
+    it every step of epoch 1). ``after_step`` renormalises w in place so sum_i w_i = n (the same
+    Parameter the optimiser holds; the authors replaced it). The authors also halved each term
+    (l_i = 1/2 w_i L_i), a constant scale we drop. In eval mode (or without grad) the total is
+    sum_i w_i L_i with detached weights. The reported ``total`` includes the GradNorm term.
+    """
+
+    def __init__(self, names: Sequence[str], shared_parameter: torch.Tensor, alpha: float = 0.16):
+        super().__init__(names)
+        if not isinstance(shared_parameter, torch.Tensor) or not shared_parameter.requires_grad:
+            raise ValueError("gradnorm needs shared_parameter, the weight of the last shared "
+                             "layer (model.last_shared_layer()), with requires_grad=True")
+        self.alpha = alpha
+        self.task_weights = nn.Parameter(torch.ones(len(self.names)))
+        self._shared = (shared_parameter,)  # a tuple: not registered, the model owns it
+        self.register_buffer("initial_losses", torch.zeros(len(self.names)))
+        self.register_buffer("initialised", torch.tensor(False))
+
+    def forward(self, groups: dict[str, torch.Tensor]) -> torch.Tensor:
+        losses = self.stack(groups)
+        w = self.task_weights
+        if not (self.training and torch.is_grad_enabled() and losses.requires_grad):
+            return (w.detach() * losses).sum()
+        if not bool(self.initialised):
+            self.initial_losses.copy_(losses.detach())
+            self.initialised.fill_(True)
+        shared = self._shared[0]
+        norms = []
+        for loss in losses.unbind():
+            (grad,) = torch.autograd.grad(loss, shared, retain_graph=True, allow_unused=True)
+            norms.append(torch.zeros((), device=losses.device) if grad is None
+                         else grad.detach().norm())
+        grad_norms = w * torch.stack(norms)                            # G_i, grad only to w
+        ratios = losses.detach() / self.initial_losses.clamp_min(1e-12)
+        relative = ratios / ratios.mean().clamp_min(1e-12)             # r_i
+        targets = (grad_norms.mean() * relative.pow(self.alpha)).detach()  # C_i
+        gradnorm_loss = (grad_norms - targets).abs().sum()
+        return (w.detach() * losses).sum() + gradnorm_loss
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        w = self.task_weights
+        w.clamp_(min=1e-4)  # keep weights positive if a large step overshoots
+        w.mul_(len(self.names) / w.sum())
+
+    def weights(self) -> dict[str, float]:
+        return dict(zip(self.names, self.task_weights.detach().tolist()))
+
+
+@WEIGHTINGS.register("dwa")
+class DWAWeighting(Weighting):
+    """Dynamic Weight Average (Liu, Johns, Davison, "End-to-End Multi-Task Learning with
+    Attention", CVPR 2019).
+
+    w_k(t) = n exp(r_k(t-1) / T) / sum_j exp(r_j(t-1) / T), r_k(t-1) = Lbar_k(t-1) / Lbar_k(t-2)
+    with Lbar the mean training loss of group k over an epoch; w = 1 for the first two epochs.
+    Losses are accumulated in training mode only; ``end_epoch`` rolls the epoch means. The
+    weights are constants (no gradient).
+    """
+
+    def __init__(self, names: Sequence[str], temperature: float = 2.0):
+        super().__init__(names)
+        n = len(self.names)
+        self.temperature = temperature
+        self.register_buffer("current", torch.ones(n))
+        self.register_buffer("running_sum", torch.zeros(n))
+        self.register_buffer("running_count", torch.zeros((), dtype=torch.long))
+        self.register_buffer("history", torch.zeros(2, n))  # [t-2, t-1]
+        self.register_buffer("epochs", torch.zeros((), dtype=torch.long))
+
+    def forward(self, groups: dict[str, torch.Tensor]) -> torch.Tensor:
+        losses = self.stack(groups)
+        if self.training:
+            self.running_sum += losses.detach().to(self.running_sum.dtype)
+            self.running_count += 1
+        return (self.current.to(losses.dtype) * losses).sum()
+
+    @torch.no_grad()
+    def end_epoch(self) -> None:
+        if int(self.running_count) == 0:  # no training step this epoch: nothing to roll
+            return
+        mean = self.running_sum / self.running_count
+        self.history.copy_(torch.stack([self.history[1], mean]))
+        self.epochs += 1
+        self.running_sum.zero_()
+        self.running_count.zero_()
+        if int(self.epochs) >= 2:
+            ratio = self.history[1] / self.history[0].clamp_min(1e-12)
+            w = len(self.names) * torch.softmax(ratio / self.temperature, dim=0)
+            self.current.copy_(w.to(self.current.dtype))
+
+    def weights(self) -> dict[str, float]:
+        return dict(zip(self.names, self.current.tolist()))
+
+
+def build_weighting(name: str, names: Sequence[str], *, uncertainty_form: str = "kendall",
+                    gradnorm_alpha: float = 0.16, dwa_temperature: float = 2.0,
+                    shared_parameter: torch.Tensor | None = None) -> Weighting:
+    """Build the weighting registered as ``name`` for the loss groups ``names``."""
+    cls = WEIGHTINGS.get(name)
+    if cls is UncertaintyWeighting:
+        return cls(names, form=uncertainty_form)
+    if cls is GradNormWeighting:
+        if shared_parameter is None:
+            raise ValueError("weighting 'gradnorm' needs the shared layer's weight: pass the "
+                             "model (build_criterion(config, model)) or shared_parameter")
+        return cls(names, shared_parameter, alpha=gradnorm_alpha)
+    if cls is DWAWeighting:
+        return cls(names, temperature=dwa_temperature)
+    return cls(names)
