@@ -91,3 +91,33 @@ def test_non_finite_loss_stops_with_step_and_term(tiny_config, monkeypatch):
     monkeypatch.setattr(train, "build_criterion", poisoned)
     with pytest.raises(TrainingError, match=r"epoch 1, step 1: term\(s\) \['depth', 'total'\]"):
         train.fit(tiny_config(), progress=False)
+
+
+def test_gradient_cosines_are_logged_per_epoch(tiny_config):
+    run = train.fit(tiny_config("train.epochs=1", "train.max_steps_per_epoch=2",
+                                "train.grad_cosine_every=1"), progress=False)
+    for key in ("train_grad_cos_seg", "train_grad_cos_depth"):
+        assert -1.0 <= run.history[0][key] <= 1.0
+
+
+def test_gradient_cosine_of_a_term_with_itself_is_one():
+    w = torch.randn(5, requires_grad=True)
+    terms = {"seg": (w ** 2).sum(), "seg2depth": 3 * (w ** 2).sum(),
+             "depth": w.sum(), "depth2seg": -w.sum()}
+    cos = train.gradient_cosines(terms, [w])
+    assert cos["grad_cos_seg"] == pytest.approx(1.0) and cos["grad_cos_depth"] == pytest.approx(-1.0)
+
+
+def test_detached_transfer_input_keeps_cross_task_gradient_out_of_the_network(tiny_config):
+    from xtc.losses import build_criterion
+    from xtc.models import build_model_from_config
+
+    cfg = tiny_config("model.transfer_detach_input=true")
+    model = build_model_from_config(cfg, 7)
+    batch = {"image": torch.rand(2, 3, 64, 64), "seg_target": torch.randint(0, 7, (2, 64, 64)),
+             "depth_target": torch.rand(2, 1, 64, 64) + 0.1}
+    batch["depth_mask"] = batch["depth_target"] > 0
+    terms = build_criterion(cfg, model)(model(batch["image"]), batch)
+    (terms["seg2depth"] + terms["depth2seg"]).backward()
+    assert all(p.grad is None or not p.grad.any() for p in model.encoder.parameters())
+    assert any(p.grad is not None and p.grad.any() for p in model.transfer.parameters())

@@ -59,6 +59,7 @@ class ModelConfig:
     decoder_width: int = 128  # mid channels of every decoder ConvBlock (paper: 128)
     transfer_width: int = 64  # first TTNet width; levels are (w, 2w, 4w) (paper: 64)
     transfer_batch_norm: bool = False  # BatchNorm inside the TTNets (paper default: off)
+    transfer_detach_input: bool = False  # control: TTNets learn, no cross-task grad to the net
 
 
 @dataclass
@@ -95,6 +96,7 @@ class TrainConfig:
     select: str = "val_loss"  # model selection on the val split: val_loss | miou | abs_err | ...
     max_steps_per_epoch: Optional[int] = None  # cap for smoke runs; None = full epoch
     eval_batch_size: Optional[int] = None  # None = batch_size
+    grad_cosine_every: int = 0  # log cos(grad direct, grad cross-task) on the encoder every N steps
 
 
 @dataclass

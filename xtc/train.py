@@ -118,6 +118,8 @@ def train_one_epoch(model, criterion, optimizer, loader, device, cfg: Config, ep
     model.train()
     criterion.train()
     sums: dict[str, float] = {}
+    cosines: dict[str, list[float]] = {}
+    every = cfg.train.grad_cosine_every if model.transfer is not None else 0
     steps = _steps(loader, cfg)
     bar = tqdm(loader, total=steps, desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
                disable=not progress, leave=False)
@@ -129,14 +131,38 @@ def train_one_epoch(model, criterion, optimizer, loader, device, cfg: Config, ep
             predictions = model(batch["image"])
         terms = criterion({k: v.float() for k, v in predictions.items()}, batch)
         _check_finite(terms, epoch, step)
+        if every and step % every == 0:
+            for name, value in gradient_cosines(terms, model.encoder.parameters()).items():
+                cosines.setdefault(name, []).append(value)
         optimizer.zero_grad(set_to_none=True)
         terms["total"].backward()
         optimizer.step()
         criterion.after_step()
         for name, value in terms.items():
             sums[name] = sums.get(name, 0.0) + float(value.detach())
-        bar.set_postfix(loss=f"{float(terms['total']):.4f}")
-    return {name: total / max(steps, 1) for name, total in sums.items()}
+        bar.set_postfix(loss=f"{float(terms['total'].detach()):.4f}")
+    means = {name: total / max(steps, 1) for name, total in sums.items()}
+    means.update({name: sum(v) / len(v) for name, v in cosines.items()})
+    return means
+
+
+def gradient_cosines(terms: dict, parameters) -> dict[str, float]:
+    """Cosine between each direct loss's gradient and its cross-task term's gradient on
+    ``parameters`` (the shared encoder): ``grad_cos_seg`` = cos(dL_seg, dL_seg2depth) and
+    ``grad_cos_depth`` = cos(dL_depth, dL_depth2seg). Positive means the cross-task term
+    pushes the shared features the same way as the direct loss (paper-spec §4.3)."""
+    params = [p for p in parameters if p.requires_grad]
+
+    def flat_grad(loss):
+        grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+        return torch.cat([(g if g is not None else torch.zeros_like(p)).flatten()
+                          for g, p in zip(grads, params)])
+
+    out = {}
+    for direct, cross in (("seg", "seg2depth"), ("depth", "depth2seg")):
+        a, b = flat_grad(terms[direct]), flat_grad(terms[cross])
+        out[f"grad_cos_{direct}"] = float(torch.nn.functional.cosine_similarity(a, b, dim=0))
+    return out
 
 
 @torch.no_grad()

@@ -44,7 +44,7 @@ class XTCNet(nn.Module):
     def __init__(self, method: str, tasks: tuple[str, ...], num_classes: int,
                  encoder: str = "resnet34", pretrained: bool = False, decoder_width: int = 128,
                  transfer_width: int = 64, transfer_batch_norm: bool = False,
-                 transfer: bool = False):
+                 transfer: bool = False, transfer_detach_input: bool = False):
         super().__init__()
         if num_classes < 2 and "seg" in tasks:
             raise ValueError(f"num_classes={num_classes}: segmentation needs at least 2 classes")
@@ -60,6 +60,7 @@ class XTCNet(nn.Module):
         self.decoders = nn.ModuleDict({t: Decoder(self.encoder.channels, out[t], decoder_width)
                                        for t in self.tasks})
         self.transfer: nn.ModuleDict | None = None
+        self.transfer_detach_input = transfer_detach_input
         if transfer:
             self.transfer = nn.ModuleDict({
                 "seg2depth": TaskTransferNet(num_classes, 1, transfer_width,
@@ -75,8 +76,13 @@ class XTCNet(nn.Module):
         if self.transfer is not None and not direct_only:
             # The transfer nets see only the direct predictions, with gradient: a cross-task
             # loss trains its source decoder (paper-spec §3.2). Targets are detached in the loss.
-            out["seg2depth"] = self.transfer["seg2depth"](out["seg"])
-            out["depth2seg"] = self.transfer["depth2seg"](out["depth"])
+            # transfer_detach_input is the control: the transfer nets still learn the mapping
+            # but no cross-task gradient reaches the encoder or the source decoders.
+            seg, depth = out["seg"], out["depth"]
+            if self.transfer_detach_input:
+                seg, depth = seg.detach(), depth.detach()
+            out["seg2depth"] = self.transfer["seg2depth"](seg)
+            out["depth2seg"] = self.transfer["depth2seg"](depth)
         return out
 
     def last_shared_layer(self) -> nn.Parameter:
@@ -117,7 +123,7 @@ def _xtc(num_classes: int, **kw: Any) -> XTCNet:
 
 def build_model(method: str, num_classes: int, encoder: str = "resnet34",
                 pretrained: bool = False, *, decoder_width: int = 128, transfer_width: int = 64,
-                transfer_batch_norm: bool = False) -> XTCNet:
+                transfer_batch_norm: bool = False, transfer_detach_input: bool = False) -> XTCNet:
     """Build the network for ``method`` (``stl-seg | stl-depth | mtl | xtc``).
 
     Examples:
@@ -127,7 +133,8 @@ def build_model(method: str, num_classes: int, encoder: str = "resnet34",
     """
     return METHODS.get(method)(num_classes, encoder=encoder, pretrained=pretrained,
                                decoder_width=decoder_width, transfer_width=transfer_width,
-                               transfer_batch_norm=transfer_batch_norm)
+                               transfer_batch_norm=transfer_batch_norm,
+                               transfer_detach_input=transfer_detach_input)
 
 
 def build_model_from_config(cfg: Any, num_classes: int) -> XTCNet:
@@ -135,4 +142,5 @@ def build_model_from_config(cfg: Any, num_classes: int) -> XTCNet:
     m = cfg.model
     return build_model(m.method, num_classes, m.encoder, m.pretrained,
                        decoder_width=m.decoder_width, transfer_width=m.transfer_width,
-                       transfer_batch_norm=m.transfer_batch_norm)
+                       transfer_batch_norm=m.transfer_batch_norm,
+                       transfer_detach_input=m.transfer_detach_input)
