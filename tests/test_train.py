@@ -121,3 +121,47 @@ def test_detached_transfer_input_keeps_cross_task_gradient_out_of_the_network(ti
     (terms["seg2depth"] + terms["depth2seg"]).backward()
     assert all(p.grad is None or not p.grad.any() for p in model.encoder.parameters())
     assert any(p.grad is not None and p.grad.any() for p in model.transfer.parameters())
+
+
+def test_mid_epoch_checkpoint_resumes_exactly(tiny_config, tmp_path):
+    cfg = tiny_config("train.max_steps_per_epoch=3")
+    full = train.fit(cfg, progress=False)
+    # Stop after step 2 of epoch 1 by raising from the second save of last.pt.
+    calls = {"n": 0}
+    real_save = checkpoint.save
+
+    def crash_after_two(payload, path):
+        real_save(payload, path)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("simulated crash")
+
+    stepwise = tiny_config("train.max_steps_per_epoch=3", "train.checkpoint_every=1")
+    import xtc.checkpoint
+    xtc.checkpoint.save = crash_after_two
+    try:
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            train.fit(stepwise, out_dir=tmp_path, progress=False)
+    finally:
+        xtc.checkpoint.save = real_save
+    payload = checkpoint.load(tmp_path / "checkpoints" / "last.pt")
+    assert (payload["epoch"], payload["step"]) == (0, 2)
+    resumed = train.fit(stepwise, out_dir=tmp_path, resume=True, progress=False)
+    assert _same(_weights(full.model), _weights(resumed.model))
+    assert resumed.history[0]["train_total"] == pytest.approx(full.history[0]["train_total"])
+
+
+def test_sigterm_saves_and_says_how_to_resume(tiny_config, tmp_path):
+    import os
+    import signal
+    import threading
+
+    cfg = tiny_config("train.epochs=50")
+    timer = threading.Timer(3.0, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    with pytest.raises(train.TrainingInterrupted, match="SIGTERM received.*--resume") as info:
+        train.fit(cfg, out_dir=tmp_path, progress=False)
+    timer.cancel()
+    payload = checkpoint.load(tmp_path / "checkpoints" / "last.pt")
+    assert (payload["epoch"], payload["step"]) == (info.value.epoch, info.value.step)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handler restored

@@ -96,6 +96,7 @@ class TrainConfig:
     select: str = "val_loss"  # model selection on the val split: val_loss | miou | abs_err | ...
     max_steps_per_epoch: Optional[int] = None  # cap for smoke runs; None = full epoch
     eval_batch_size: Optional[int] = None  # None = batch_size
+    checkpoint_every: int = 0  # also save last.pt every N steps (0: at epoch ends only)
     grad_cosine_every: int = 0  # log cos(grad direct, grad cross-task) on the encoder every N steps
 
 

@@ -13,6 +13,8 @@ an uninterrupted one would.
 from __future__ import annotations
 
 import math
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +36,38 @@ class TrainingError(RuntimeError):
     """Training cannot go on (e.g. a non-finite loss); the message names step and term."""
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT/SIGTERM stopped training after a completed step (checkpoint saved if any)."""
+
+    def __init__(self, epoch: int, step: int, signal_name: str, saved: bool):
+        self.epoch, self.step, self.signal_name, self.saved = epoch, step, signal_name, saved
+        where = (f"checkpoints/last.pt holds epoch {epoch + 1}, step {step}; continue with "
+                 f"the same command plus --resume" if saved else "no out_dir: nothing saved")
+        super().__init__(f"{signal_name} received: training stopped after epoch {epoch + 1}, "
+                         f"step {step}; {where}")
+
+
+class _StopOnSignal:
+    """Turn SIGINT/SIGTERM into a request to stop after the current step (main thread only)."""
+
+    def __init__(self):
+        self.requested, self.signal_name, self._previous = False, "", {}
+
+    def _handle(self, signum, frame):
+        self.requested, self.signal_name = True, signal.Signals(signum).name
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        return False
+
+
 @dataclass
 class Run:
     """What :func:`fit` returns: the selected model and every number it measured."""
@@ -51,7 +85,11 @@ class Run:
 def fit(config: Config, out_dir: str | Path | None = None, resume: bool = False,
         progress: bool = True) -> Run:
     """Train ``config`` and return the :class:`Run`; with ``out_dir``, write checkpoints
-    (``checkpoints/{last,best}.pt``) and ``results.json`` there."""
+    (``checkpoints/{last,best}.pt``) and ``results.json`` there.
+
+    SIGINT/SIGTERM stop the run after the current step: ``last.pt`` is saved (mid-epoch
+    state included) and :class:`TrainingInterrupted` says how to resume.
+    """
     start = time.perf_counter()
     cfg, out_dir = config, Path(out_dir) if out_dir is not None else None
     runtime.seed_everything(cfg.train.seed)
@@ -64,37 +102,42 @@ def fit(config: Config, out_dir: str | Path | None = None, resume: bool = False,
                                  lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
                                  weight_decay=cfg.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, cfg.optim.step_size, cfg.optim.gamma)
-    state = {"epoch": 0, "history": [], "best_epoch": -1, "best_score": None}
+    state = {"epoch": 0, "step": 0, "partial": {}, "history": [], "best_epoch": -1,
+             "best_score": None}
     if resume:
         state = _restore(out_dir, cfg, model, criterion, optimizer, scheduler)
     elif out_dir is not None and (out_dir / results.FILENAME).exists():
         raise FileExistsError(f"{out_dir} already holds a finished run (results.json); choose "
                               f"another --out folder or pass --resume to continue it")
 
-    for epoch in range(state["epoch"], cfg.train.epochs):
-        runtime.seed_everything(runtime.derive_seed(cfg.train.seed, epoch))
-        train_set.set_epoch(epoch)
-        loader = _loader(train_set, cfg, shuffle=True, epoch=epoch)
-        train_losses = train_one_epoch(model, criterion, optimizer, loader, device, cfg,
-                                       epoch, progress)
-        scheduler.step()
-        criterion.end_epoch()
-        val_metrics = evaluate(model, _loader(val_set, cfg), criterion, device,
-                               cfg.train.precision)
-        state["history"].append({"epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
-                                 **{f"train_{k}": v for k, v in train_losses.items()},
-                                 **{f"val_{k}": v for k, v in val_metrics.items()
-                                    if not isinstance(v, list)},
-                                 "weights": criterion.weighting.weights()})
-        score = val_metrics[cfg.train.select]
-        if _improves(score, state["best_score"], cfg.train.select):
-            state["best_score"], state["best_epoch"] = score, epoch
-            if out_dir is not None:
-                checkpoint.save(_payload(cfg, model, criterion, optimizer, scheduler, state,
-                                         epoch + 1), out_dir / "checkpoints" / "best.pt")
+    def save(name: str) -> None:
         if out_dir is not None:
-            checkpoint.save(_payload(cfg, model, criterion, optimizer, scheduler, state,
-                                     epoch + 1), out_dir / "checkpoints" / "last.pt")
+            checkpoint.save(_payload(cfg, model, criterion, optimizer, scheduler, state),
+                            out_dir / "checkpoints" / name)
+
+    with _StopOnSignal() as stop:
+        for epoch in range(state["epoch"], cfg.train.epochs):
+            state["epoch"] = epoch
+            runtime.seed_everything(runtime.derive_seed(cfg.train.seed, epoch))
+            train_set.set_epoch(epoch)
+            train_losses = train_one_epoch(model, criterion, optimizer, train_set, device, cfg,
+                                           state, save=lambda: save("last.pt"), stop=stop,
+                                           progress=progress)
+            scheduler.step()
+            criterion.end_epoch()
+            val_metrics = evaluate(model, _loader(val_set, cfg), criterion, device,
+                                   cfg.train.precision)
+            state["history"].append({"epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
+                                     **{f"train_{k}": v for k, v in train_losses.items()},
+                                     **{f"val_{k}": v for k, v in val_metrics.items()
+                                        if not isinstance(v, list)},
+                                     "weights": criterion.weighting.weights()})
+            state.update(epoch=epoch + 1, step=0, partial={})
+            score = val_metrics[cfg.train.select]
+            if _improves(score, state["best_score"], cfg.train.select):
+                state["best_score"], state["best_epoch"] = score, epoch
+                save("best.pt")
+            save("last.pt")
 
     if out_dir is not None and state["best_epoch"] >= 0:
         model.load_state_dict(checkpoint.load(out_dir / "checkpoints" / "best.pt")["model"])
@@ -110,20 +153,28 @@ def fit(config: Config, out_dir: str | Path | None = None, resume: bool = False,
     return run
 
 
-def train_one_epoch(model, criterion, optimizer, loader, device, cfg: Config, epoch: int,
-                    progress: bool = True) -> dict[str, float]:
-    """One pass over ``loader``; returns the mean of every loss term."""
+def train_one_epoch(model, criterion, optimizer, dataset, device, cfg: Config, state: dict,
+                    save=None, stop=None, progress: bool = True) -> dict[str, float]:
+    """Train on ``dataset`` for epoch ``state["epoch"]`` from step ``state["step"]``; returns
+    the mean of every loss term (and gradient cosines when logged).
+
+    ``state["step"]`` and ``state["partial"]`` (running sums) advance as steps complete, so a
+    checkpoint taken mid-epoch resumes exactly. ``save()`` is called every
+    ``train.checkpoint_every`` steps and when ``stop`` is set.
+    """
     from tqdm.auto import tqdm
 
     model.train()
     criterion.train()
-    sums: dict[str, float] = {}
-    cosines: dict[str, list[float]] = {}
+    epoch, first = state["epoch"], state["step"]
+    sums = state["partial"].setdefault("sums", {})
+    cosines = state["partial"].setdefault("cosines", {})
     every = cfg.train.grad_cosine_every if model.transfer is not None else 0
-    steps = _steps(loader, cfg)
-    bar = tqdm(loader, total=steps, desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
+    loader = _loader(dataset, cfg, shuffle=True, epoch=epoch, start_step=first)
+    steps = min(cfg.train.max_steps_per_epoch or len(dataset), len(dataset) // cfg.train.batch_size)
+    bar = tqdm(loader, total=steps, initial=first, desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
                disable=not progress, leave=False)
-    for step, batch in enumerate(bar):
+    for step, batch in enumerate(bar, start=first):
         if step >= steps:
             break
         batch = _to_device(batch, device)
@@ -140,29 +191,16 @@ def train_one_epoch(model, criterion, optimizer, loader, device, cfg: Config, ep
         criterion.after_step()
         for name, value in terms.items():
             sums[name] = sums.get(name, 0.0) + float(value.detach())
+        state["step"] = step + 1
         bar.set_postfix(loss=f"{float(terms['total'].detach()):.4f}")
+        if save is not None and ((stop is not None and stop.requested) or (
+                cfg.train.checkpoint_every and state["step"] % cfg.train.checkpoint_every == 0)):
+            save()
+        if stop is not None and stop.requested:
+            raise TrainingInterrupted(epoch, state["step"], stop.signal_name, save is not None)
     means = {name: total / max(steps, 1) for name, total in sums.items()}
     means.update({name: sum(v) / len(v) for name, v in cosines.items()})
     return means
-
-
-def gradient_cosines(terms: dict, parameters) -> dict[str, float]:
-    """Cosine between each direct loss's gradient and its cross-task term's gradient on
-    ``parameters`` (the shared encoder): ``grad_cos_seg`` = cos(dL_seg, dL_seg2depth) and
-    ``grad_cos_depth`` = cos(dL_depth, dL_depth2seg). Positive means the cross-task term
-    pushes the shared features the same way as the direct loss (paper-spec §4.3)."""
-    params = [p for p in parameters if p.requires_grad]
-
-    def flat_grad(loss):
-        grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-        return torch.cat([(g if g is not None else torch.zeros_like(p)).flatten()
-                          for g, p in zip(grads, params)])
-
-    out = {}
-    for direct, cross in (("seg", "seg2depth"), ("depth", "depth2seg")):
-        a, b = flat_grad(terms[direct]), flat_grad(terms[cross])
-        out[f"grad_cos_{direct}"] = float(torch.nn.functional.cosine_similarity(a, b, dim=0))
-    return out
 
 
 @torch.no_grad()
@@ -244,19 +282,20 @@ def protocol(cfg: Config, dataset) -> dict:
 # --------------------------------------------------------------------------- helpers
 
 
-def _loader(dataset, cfg: Config, shuffle: bool = False, epoch: int = 0) -> DataLoader:
-    generator = torch.Generator().manual_seed(runtime.derive_seed(cfg.train.seed, epoch, 1))
+def _loader(dataset, cfg: Config, shuffle: bool = False, epoch: int = 0,
+            start_step: int = 0) -> DataLoader:
+    """Training order is a permutation seeded by (train.seed, epoch); ``start_step`` skips
+    the batches already trained on, without loading them (exact mid-epoch resume)."""
     batch_size = cfg.train.batch_size if shuffle else (cfg.train.eval_batch_size
                                                        or cfg.train.batch_size)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=shuffle,
-                      num_workers=cfg.data.num_workers, generator=generator,
-                      worker_init_fn=runtime.worker_init_fn,
-                      persistent_workers=False, pin_memory=torch.cuda.is_available())
-
-
-def _steps(loader: DataLoader, cfg: Config) -> int:
-    cap = cfg.train.max_steps_per_epoch
-    return len(loader) if cap is None else min(cap, len(loader))
+    order = None
+    if shuffle:
+        generator = torch.Generator().manual_seed(runtime.derive_seed(cfg.train.seed, epoch, 1))
+        order = torch.randperm(len(dataset), generator=generator)[start_step * batch_size:]
+        order = order.tolist()
+    return DataLoader(dataset, batch_size=batch_size, sampler=order, drop_last=shuffle,
+                      num_workers=cfg.data.num_workers, worker_init_fn=runtime.worker_init_fn,
+                      pin_memory=torch.cuda.is_available())
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:
@@ -280,12 +319,13 @@ def _improves(score: float, best: float | None, metric: str) -> bool:
     return score > best if higher_is_better(metric) else score < best
 
 
-def _payload(cfg, model, criterion, optimizer, scheduler, state, next_epoch: int) -> dict:
+def _payload(cfg, model, criterion, optimizer, scheduler, state) -> dict:
+    """Everything a resume needs; ``epoch``/``step`` say where training continues."""
     return {"model": model.state_dict(), "criterion": criterion.state_dict(),
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "config": cfg.to_dict(), "epoch": next_epoch, "history": state["history"],
-            "best_epoch": state["best_epoch"], "best_score": state["best_score"],
-            "num_classes": model.num_classes, "method": model.method}
+            "config": cfg.to_dict(), "num_classes": model.num_classes, "method": model.method,
+            **{k: state[k] for k in ("epoch", "step", "partial", "history", "best_epoch",
+                                     "best_score")}}
 
 
 def _restore(out_dir, cfg, model, criterion, optimizer, scheduler) -> dict:
@@ -305,6 +345,6 @@ def _restore(out_dir, cfg, model, criterion, optimizer, scheduler) -> dict:
     criterion.load_state_dict(payload["criterion"])
     optimizer.load_state_dict(payload["optimizer"])
     scheduler.load_state_dict(payload["scheduler"])
-    return {"epoch": payload["epoch"], "history": payload["history"],
-            "best_epoch": payload["best_epoch"], "best_score": payload["best_score"]}
+    return {k: payload[k] for k in ("epoch", "step", "partial", "history", "best_epoch",
+                                     "best_score")}
 
