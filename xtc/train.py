@@ -96,6 +96,10 @@ def fit(config: Config, out_dir: str | Path | None = None, resume: bool = False,
     device = runtime.choose_device(cfg.train.device)
     train_set, val_set, test_set = (build_dataset_from_config(cfg.data, s)
                                     for s in ("train", "val", "test"))
+    if len(train_set) < cfg.train.batch_size:
+        raise ValueError(f"the train split has {len(train_set)} images, fewer than "
+                         f"train.batch_size={cfg.train.batch_size}: no full batch to train on; "
+                         f"lower train.batch_size or use more data")
     model = build_model_from_config(cfg, num_classes=train_set.num_classes).to(device)
     criterion = build_criterion(cfg, model).to(device)
     optimizer = torch.optim.Adam(list(model.parameters()) + list(criterion.parameters()),
@@ -201,6 +205,25 @@ def train_one_epoch(model, criterion, optimizer, dataset, device, cfg: Config, s
     means = {name: total / max(steps, 1) for name, total in sums.items()}
     means.update({name: sum(v) / len(v) for name, v in cosines.items()})
     return means
+
+
+def gradient_cosines(terms: dict, parameters) -> dict[str, float]:
+    """Cosine between each direct loss's gradient and its cross-task term's gradient on
+    ``parameters`` (the shared encoder): ``grad_cos_seg`` = cos(dL_seg, dL_seg2depth) and
+    ``grad_cos_depth`` = cos(dL_depth, dL_depth2seg). Positive means the cross-task term
+    pushes the shared features the same way as the direct loss (paper-spec §4.3)."""
+    params = [p for p in parameters if p.requires_grad]
+
+    def flat_grad(loss):
+        grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+        return torch.cat([(g if g is not None else torch.zeros_like(p)).flatten()
+                          for g, p in zip(grads, params)])
+
+    out = {}
+    for direct, cross in (("seg", "seg2depth"), ("depth", "depth2seg")):
+        a, b = flat_grad(terms[direct]), flat_grad(terms[cross])
+        out[f"grad_cos_{direct}"] = float(torch.nn.functional.cosine_similarity(a, b, dim=0))
+    return out
 
 
 @torch.no_grad()

@@ -87,6 +87,7 @@ class MTANDataset(torch.utils.data.Dataset):
         folder = self.root / ("val" if split == "test" else "train")
         self.folders = self._find_folders(folder)
         pool = self._count(folder)
+        self._check_headers(pool)
         if split == "test":
             self.indices = np.arange(pool)
         else:
@@ -128,6 +129,26 @@ class MTANDataset(torch.utils.data.Dataset):
                                f"every folder needs one file per image")
         return next(iter(counts.values()))
 
+    def _check_headers(self, pool: int) -> None:
+        """Read every file's .npy header (not its data): truncated files, wrong shapes and
+        non-numeric dtypes fail here, before training starts, naming the file."""
+        expected = {}
+        for key, path in self.folders.items():
+            for i in range(pool):
+                file = path / f"{i}.npy"
+                try:
+                    array = np.load(file, mmap_mode="r", allow_pickle=False)
+                except (OSError, ValueError) as exc:
+                    raise DatasetError(f"{self.name}: cannot read {file} ({exc}); the file is "
+                                       f"truncated or not a .npy array: re-create it") from None
+                if array.dtype.kind not in "fiub":
+                    raise DatasetError(f"{file}: dtype {array.dtype} is not numeric")
+                shape = array.shape[:2]
+                if expected.setdefault("hw", shape) != shape or array.ndim not in (2, 3):
+                    raise DatasetError(f"{file}: shape {array.shape} does not match the other "
+                                       f"files' {expected['hw']} (H,W[,C]); all items of a "
+                                       f"dataset share one size")
+
     def _load(self, key: str, i: int) -> tuple[np.ndarray, Path]:
         path = self.folders[key] / f"{i}.npy"
         try:
@@ -158,6 +179,11 @@ class MTANDataset(torch.utils.data.Dataset):
         image, path = self._load("image", i)
         if image.ndim != 3 or image.shape[-1] != 3:
             raise DatasetError(f"{path}: image must be (H,W,3), got {image.shape}")
+        if not np.issubdtype(image.dtype, np.floating) or not (
+                np.isfinite(image).all() and image.min() >= 0.0 and image.max() <= 1.0 + 1e-6):
+            raise DatasetError(f"{path}: image must be float RGB in [0, 1] (MTAN layout); got "
+                               f"dtype {image.dtype}, range [{image.min()}, {image.max()}]; "
+                               f"divide 8-bit images by 255 when preparing the data")
         h, w = image.shape[:2]
         label, lpath = self._load("label", i)
         depth, dpath = self._load("depth", i)
@@ -167,8 +193,11 @@ class MTANDataset(torch.utils.data.Dataset):
             raise DatasetError(f"{self.name}: item {i} shapes disagree: image {image.shape}, "
                                f"{lpath.name} label {label.shape}, depth {depth.shape}")
         seg = self._labels(label, lpath)
+        if not np.isfinite(depth).all():
+            raise DatasetError(f"{dpath}: depth holds {int((~np.isfinite(depth)).sum())} NaN/inf "
+                               f"values; write 0 for invalid pixels (the layout's convention)")
         depth_t = torch.from_numpy(np.ascontiguousarray(depth, dtype=np.float32))[None]
-        depth_t = torch.nan_to_num(depth_t, nan=0.0).clamp_min(0.0)
+        depth_t = depth_t.clamp_min(0.0)
         item = {"image": torch.from_numpy(np.ascontiguousarray(
                     image.transpose(2, 0, 1), dtype=np.float32)),
                 "seg_target": seg, "depth_target": depth_t, "depth_mask": depth_t > 0}
