@@ -15,7 +15,8 @@ import importlib
 __version__ = "0.1.0"
 
 _SUBMODULES = ("config", "registry", "runtime", "results", "checkpoint", "data", "models",
-               "losses", "metrics", "train", "cli")
+               "losses", "metrics", "train", "landscape", "alignment", "summary", "report",
+               "viz", "cli")
 
 
 def __getattr__(name: str):
