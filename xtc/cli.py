@@ -1,4 +1,4 @@
-"""Command line: ``xtc train | evaluate | prepare`` (also ``python -m xtc``).
+"""Command line: ``xtc train | evaluate | prepare | report | sweep`` (also ``python -m xtc``).
 
 Errors a user can cause (bad config, missing data, bad checkpoint) print one line
 ``xtc: error: ...`` and exit with code 2, without a traceback.
@@ -26,8 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     except USAGE_ERRORS as exc:
         print(f"xtc: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("xtc: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # TrainingInterrupted says where it stopped and how to resume
+        print(f"xtc: {exc or 'interrupted'}", file=sys.stderr)
         return 130
 
 
@@ -93,6 +93,28 @@ def _prepare(args) -> int:
     return 0
 
 
+def _report(args) -> int:
+    from xtc import report
+
+    records = report.run_preset(args.preset, reports_dir=args.reports_dir, workers=args.workers)
+    return _print_records(records, args.reports_dir)
+
+
+def _sweep(args) -> int:
+    from xtc import report
+
+    records = report.run_sweep(args.file, workers=args.workers, reports_dir=args.reports_dir)
+    return _print_records(records, args.reports_dir)
+
+
+def _print_records(records: list, reports_dir: Path) -> int:
+    """One line per notebook; exit 1 when any run failed (its notebook is linked)."""
+    for r in records:
+        print(f"{r['status']:8s} {r['name']}" + (f"  {r['error']} -> {r['notebook']}" if r["error"] else ""))
+    print(f"index: {Path(reports_dir) / 'index.html'}")
+    return 1 if any(r["status"] == "failed" for r in records) else 0
+
+
 def _size(text: str) -> tuple[int, int]:
     try:
         height, width = (int(v) for v in text.lower().split("x"))
@@ -132,6 +154,18 @@ def _parser() -> argparse.ArgumentParser:
     prepare.add_argument("--n", type=int, default=1000, help="synthetic: number of train images")
     prepare.add_argument("--seed", type=int, default=0, help="synthetic: scene seed")
     prepare.set_defaults(func=_prepare)
+
+    report = sub.add_parser("report", help="run a report preset (configs/reports/NAME.yaml)")
+    report.add_argument("--preset", required=True, help="preset name, e.g. demo or smoke")
+    report.add_argument("--reports-dir", type=Path, default=Path("reports"))
+    report.add_argument("--workers", type=int, default=1, help="training runs in parallel")
+    report.set_defaults(func=_report)
+
+    sweep = sub.add_parser("sweep", help="run a sweep YAML (grid: or runs:) and summarise it")
+    sweep.add_argument("file", type=Path, help="e.g. configs/sweeps/lambda.yaml")
+    sweep.add_argument("--workers", type=int, default=1, help="runs in parallel")
+    sweep.add_argument("--reports-dir", type=Path, default=Path("reports"))
+    sweep.set_defaults(func=_sweep)
     return parser
 
 

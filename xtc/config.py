@@ -96,6 +96,7 @@ class TrainConfig:
     select: str = "val_loss"  # model selection on the val split: val_loss | miou | abs_err | ...
     max_steps_per_epoch: Optional[int] = None  # cap for smoke runs; None = full epoch
     eval_batch_size: Optional[int] = None  # None = batch_size
+    nonfinite: str = "stop"  # a NaN/inf loss term: stop (naming step and term) | skip the batch
     checkpoint_every: int = 0  # also save last.pt every N steps (0: at epoch ends only)
     grad_cosine_every: int = 0  # log cos(grad direct, grad cross-task) on the encoder every N steps
 
@@ -121,6 +122,7 @@ _CHOICES = {
     "loss.seg2depth_loss": SEG2DEPTH_LOSSES,
     "loss.depth2seg_loss": DEPTH2SEG_LOSSES,
     "train.precision": PRECISIONS,
+    "train.nonfinite": ("stop", "skip"),
 }
 _RANGES = {  # field: (low, high, inclusive-low)
     "loss.lambda1": (0.0, 1.0),

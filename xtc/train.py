@@ -185,7 +185,16 @@ def train_one_epoch(model, criterion, optimizer, dataset, device, cfg: Config, s
         with runtime.autocast(device, cfg.train.precision):
             predictions = model(batch["image"])
         terms = criterion({k: v.float() for k, v in predictions.items()}, batch)
-        _check_finite(terms, epoch, step)
+        bad = [name for name, value in terms.items() if not torch.isfinite(value.detach()).all()]
+        if bad and cfg.train.nonfinite == "skip":
+            sums["skipped_fraction"] = sums.get("skipped_fraction", 0.0) + 1  # mean -> fraction
+            state["step"] = step + 1
+            continue
+        if bad:
+            raise TrainingError(f"non-finite loss at epoch {epoch + 1}, step {step + 1}: "
+                                f"term(s) {bad}; lower optim.lr, check the data for NaN/inf, "
+                                f"or set train.nonfinite=skip (checkpoints/last.pt holds the "
+                                f"last good state)")
         if every and step % every == 0:
             for name, value in gradient_cosines(terms, model.encoder.parameters()).items():
                 cosines.setdefault(name, []).append(value)
@@ -324,14 +333,6 @@ def _loader(dataset, cfg: Config, shuffle: bool = False, epoch: int = 0,
 def _to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
             for k, v in batch.items()}
-
-
-def _check_finite(terms: dict, epoch: int, step: int) -> None:
-    bad = [name for name, value in terms.items() if not torch.isfinite(value.detach()).all()]
-    if bad:
-        raise TrainingError(f"non-finite loss at epoch {epoch + 1}, step {step + 1}: "
-                            f"term(s) {bad}; lower optim.lr or check the data for NaN/inf "
-                            f"(checkpoints/last.pt holds the last good epoch)")
 
 
 def _improves(score: float, best: float | None, metric: str) -> bool:
