@@ -93,6 +93,7 @@ class TrainConfig:
     seed: int = 0  # python, numpy, torch and loader workers
     device: str = "auto"  # auto (CUDA when present) | cpu | cuda | cuda:N
     precision: str = "fp32"  # fp32 | bf16 (autocast)
+    channels_last: bool = False  # NHWC memory layout for the convolutions
     select: str = "val_loss"  # model selection on the val split: val_loss | miou | abs_err | ...
     max_steps_per_epoch: Optional[int] = None  # cap for smoke runs; None = full epoch
     eval_batch_size: Optional[int] = None  # None = batch_size

@@ -101,6 +101,8 @@ def fit(config: Config, out_dir: str | Path | None = None, resume: bool = False,
                          f"train.batch_size={cfg.train.batch_size}: no full batch to train on; "
                          f"lower train.batch_size or use more data")
     model = build_model_from_config(cfg, num_classes=train_set.num_classes).to(device)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     criterion = build_criterion(cfg, model).to(device)
     optimizer = torch.optim.Adam(list(model.parameters()) + list(criterion.parameters()),
                                  lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
@@ -181,10 +183,7 @@ def train_one_epoch(model, criterion, optimizer, dataset, device, cfg: Config, s
     for step, batch in enumerate(bar, start=first):
         if step >= steps:
             break
-        batch = _to_device(batch, device)
-        with runtime.autocast(device, cfg.train.precision):
-            predictions = model(batch["image"])
-        terms = criterion({k: v.float() for k, v in predictions.items()}, batch)
+        terms = forward_losses(model, criterion, batch, device, cfg)
         bad = [name for name, value in terms.items() if not torch.isfinite(value.detach()).all()]
         if bad and cfg.train.nonfinite == "skip":
             sums["skipped_fraction"] = sums.get("skipped_fraction", 0.0) + 1  # mean -> fraction
@@ -198,10 +197,7 @@ def train_one_epoch(model, criterion, optimizer, dataset, device, cfg: Config, s
         if every and step % every == 0:
             for name, value in gradient_cosines(terms, model.encoder.parameters()).items():
                 cosines.setdefault(name, []).append(value)
-        optimizer.zero_grad(set_to_none=True)
-        terms["total"].backward()
-        optimizer.step()
-        criterion.after_step()
+        optimizer_step(terms, optimizer, criterion)
         for name, value in terms.items():
             sums[name] = sums.get(name, 0.0) + float(value.detach())
         state["step"] = step + 1
@@ -214,6 +210,32 @@ def train_one_epoch(model, criterion, optimizer, dataset, device, cfg: Config, s
     means = {name: total / max(steps, 1) for name, total in sums.items()}
     means.update({name: sum(v) / len(v) for name, v in cosines.items()})
     return means
+
+
+def forward_losses(model, criterion, batch: dict, device, cfg: Config) -> dict:
+    """The forward half of a training step: batch -> predictions -> loss terms.
+
+    Predictions are computed under bf16 autocast when ``train.precision=bf16``; losses are
+    always computed in fp32. With ``train.channels_last`` the images (and the model, see
+    :func:`fit`) use the NHWC layout that oneDNN and cuDNN convolutions prefer.
+    """
+    batch = _to_device(batch, device)
+    images = batch["image"]
+    if cfg.train.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    with runtime.autocast(device, cfg.train.precision):
+        predictions = model(images)
+    return criterion({k: v.float() for k, v in predictions.items()}, batch)
+
+
+def optimizer_step(terms: dict, optimizer, criterion) -> None:
+    """The backward half: one backward of the combined loss, one optimiser step, then the
+    weighting's hook (e.g. GradNorm renormalisation). The authors ran two backward passes
+    (L_D then L_S with retain_graph); one pass over the sum gives the same gradients."""
+    optimizer.zero_grad(set_to_none=True)
+    terms["total"].backward()
+    optimizer.step()
+    criterion.after_step()
 
 
 def gradient_cosines(terms: dict, parameters) -> dict[str, float]:
