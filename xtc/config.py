@@ -79,7 +79,9 @@ class LossConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = 1e-4  # Adam learning rate (paper)
+    name: str = "adam"  # adam (paper) | sgd (the authors' energy comparison, const_energy.py)
+    lr: float = 1e-4  # learning rate (paper: Adam 1e-4)
+    momentum: float = 0.0  # sgd only
     betas: list = field(default_factory=lambda: [0.9, 0.99])  # Adam betas (paper)
     weight_decay: float = 0.0
     step_size: int = 80  # StepLR period in epochs (paper: 80 Cityscapes, 60 NYUv2)
@@ -94,6 +96,7 @@ class TrainConfig:
     device: str = "auto"  # auto (CUDA when present) | cpu | cuda | cuda:N
     precision: str = "fp32"  # fp32 | bf16 (autocast)
     channels_last: bool = False  # NHWC memory layout for the convolutions
+    sync_batchnorm: bool = True  # with torchrun: BatchNorm statistics over the global batch
     select: str = "val_loss"  # model selection on the val split: val_loss | miou | abs_err | ...
     max_steps_per_epoch: Optional[int] = None  # cap for smoke runs; None = full epoch
     eval_batch_size: Optional[int] = None  # None = batch_size
@@ -124,6 +127,7 @@ _CHOICES = {
     "loss.depth2seg_loss": DEPTH2SEG_LOSSES,
     "train.precision": PRECISIONS,
     "train.nonfinite": ("stop", "skip"),
+    "optim.name": ("adam", "sgd"),
 }
 _RANGES = {  # field: (low, high, inclusive-low)
     "loss.lambda1": (0.0, 1.0),

@@ -23,7 +23,7 @@ from typing import Any, Optional
 import torch
 from torch.utils.data import DataLoader
 
-from xtc import checkpoint, results, runtime
+from xtc import checkpoint, distributed, results, runtime
 from xtc.config import Config, flatten
 from xtc.config import from_dict as config_from_dict
 from xtc.data import build_dataset_from_config
@@ -92,8 +92,10 @@ def fit(config: Config, out_dir: str | Path | None = None, resume: bool = False,
     """
     start = time.perf_counter()
     cfg, out_dir = config, Path(out_dir) if out_dir is not None else None
+    ctx = distributed.setup()
+    _check_distributed(cfg, ctx)
     runtime.seed_everything(cfg.train.seed)
-    device = runtime.choose_device(cfg.train.device)
+    device = distributed.device_for(ctx, runtime.choose_device(cfg.train.device))
     train_set, val_set, test_set = (build_dataset_from_config(cfg.data, s)
                                     for s in ("train", "val", "test"))
     if len(train_set) < cfg.train.batch_size:
@@ -103,10 +105,12 @@ def fit(config: Config, out_dir: str | Path | None = None, resume: bool = False,
     model = build_model_from_config(cfg, num_classes=train_set.num_classes).to(device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if ctx.active and cfg.train.sync_batchnorm:
+        model = distributed.convert_sync_batchnorm(model)
+    net = model if not ctx.active else torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None)
     criterion = build_criterion(cfg, model).to(device)
-    optimizer = torch.optim.Adam(list(model.parameters()) + list(criterion.parameters()),
-                                 lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
-                                 weight_decay=cfg.optim.weight_decay)
+    optimizer = build_optimizer(cfg, list(model.parameters()) + list(criterion.parameters()))
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, cfg.optim.step_size, cfg.optim.gamma)
     state = {"epoch": 0, "step": 0, "partial": {}, "history": [], "best_epoch": -1,
              "best_score": None}
@@ -117,7 +121,7 @@ def fit(config: Config, out_dir: str | Path | None = None, resume: bool = False,
                               f"another --out folder or pass --resume to continue it")
 
     def save(name: str) -> None:
-        if out_dir is not None:
+        if out_dir is not None and ctx.is_main:
             checkpoint.save(_payload(cfg, model, criterion, optimizer, scheduler, state),
                             out_dir / "checkpoints" / name)
 
@@ -126,13 +130,13 @@ def fit(config: Config, out_dir: str | Path | None = None, resume: bool = False,
             state["epoch"] = epoch
             runtime.seed_everything(runtime.derive_seed(cfg.train.seed, epoch))
             train_set.set_epoch(epoch)
-            train_losses = train_one_epoch(model, criterion, optimizer, train_set, device, cfg,
+            train_losses = train_one_epoch(net, criterion, optimizer, train_set, device, cfg,
                                            state, save=lambda: save("last.pt"), stop=stop,
-                                           progress=progress)
+                                           progress=progress and ctx.is_main, ctx=ctx)
             scheduler.step()
             criterion.end_epoch()
-            val_metrics = evaluate(model, _loader(val_set, cfg), criterion, device,
-                                   cfg.train.precision)
+            val_metrics = evaluate(model, _loader(val_set, cfg, ctx=ctx), criterion, device,
+                                   cfg.train.precision, ctx=ctx)
             state["history"].append({"epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
                                      **{f"train_{k}": v for k, v in train_losses.items()},
                                      **{f"val_{k}": v for k, v in val_metrics.items()
@@ -145,22 +149,25 @@ def fit(config: Config, out_dir: str | Path | None = None, resume: bool = False,
                 save("best.pt")
             save("last.pt")
 
+    distributed.barrier(ctx)  # rank 0 has written best.pt
     if out_dir is not None and state["best_epoch"] >= 0:
         model.load_state_dict(checkpoint.load(out_dir / "checkpoints" / "best.pt")["model"])
     best = state["history"][state["best_epoch"]] if state["best_epoch"] >= 0 else {}
     run = Run(config=cfg, model=model, out_dir=out_dir, history=state["history"],
               best_epoch=state["best_epoch"],
               val_metrics={k[4:]: v for k, v in best.items() if k.startswith("val_")},
-              test_metrics=evaluate(model, _loader(test_set, cfg), criterion, device,
-                                    cfg.train.precision),
+              test_metrics=evaluate(model, _loader(test_set, cfg, ctx=ctx), criterion, device,
+                                    cfg.train.precision, ctx=ctx),
               wall_time_s=time.perf_counter() - start)
-    if out_dir is not None:
-        write_results(run, train_set, device)
+    if out_dir is not None and ctx.is_main:
+        write_results(run, train_set, device, world=ctx.world)
+    distributed.teardown(ctx)
     return run
 
 
 def train_one_epoch(model, criterion, optimizer, dataset, device, cfg: Config, state: dict,
-                    save=None, stop=None, progress: bool = True) -> dict[str, float]:
+                    save=None, stop=None, progress: bool = True,
+                    ctx: distributed.Context = distributed.Context()) -> dict[str, float]:
     """Train on ``dataset`` for epoch ``state["epoch"]`` from step ``state["step"]``; returns
     the mean of every loss term (and gradient cosines when logged).
 
@@ -175,8 +182,9 @@ def train_one_epoch(model, criterion, optimizer, dataset, device, cfg: Config, s
     epoch, first = state["epoch"], state["step"]
     sums = state["partial"].setdefault("sums", {})
     cosines = state["partial"].setdefault("cosines", {})
-    every = cfg.train.grad_cosine_every if model.transfer is not None else 0
-    loader = _loader(dataset, cfg, shuffle=True, epoch=epoch, start_step=first)
+    raw = getattr(model, "module", model)  # the network inside DistributedDataParallel
+    every = cfg.train.grad_cosine_every if raw.transfer is not None else 0
+    loader = _loader(dataset, cfg, shuffle=True, epoch=epoch, start_step=first, ctx=ctx)
     steps = min(cfg.train.max_steps_per_epoch or len(dataset), len(dataset) // cfg.train.batch_size)
     bar = tqdm(loader, total=steps, initial=first, desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
                disable=not progress, leave=False)
@@ -195,9 +203,9 @@ def train_one_epoch(model, criterion, optimizer, dataset, device, cfg: Config, s
                                 f"or set train.nonfinite=skip (checkpoints/last.pt holds the "
                                 f"last good state)")
         if every and step % every == 0:
-            for name, value in gradient_cosines(terms, model.encoder.parameters()).items():
+            for name, value in gradient_cosines(terms, raw.encoder.parameters()).items():
                 cosines.setdefault(name, []).append(value)
-        optimizer_step(terms, optimizer, criterion)
+        optimizer_step(terms, optimizer, criterion, ctx)
         for name, value in terms.items():
             sums[name] = sums.get(name, 0.0) + float(value.detach())
         state["step"] = step + 1
@@ -209,7 +217,21 @@ def train_one_epoch(model, criterion, optimizer, dataset, device, cfg: Config, s
             raise TrainingInterrupted(epoch, state["step"], stop.signal_name, save is not None)
     means = {name: total / max(steps, 1) for name, total in sums.items()}
     means.update({name: sum(v) / len(v) for name, v in cosines.items()})
+    if ctx.active:  # every rank saw a shard of each batch: report the mean over ranks
+        names = sorted(means)
+        values = distributed.all_reduce_sum(ctx, torch.tensor([means[n] for n in names],
+                                                               dtype=torch.float64))
+        means = {n: float(v) / ctx.world for n, v in zip(names, values)}
     return means
+
+
+def build_optimizer(cfg: Config, parameters: list) -> torch.optim.Optimizer:
+    """Adam with the paper's betas (default), or plain SGD as in the authors' energy study."""
+    if cfg.optim.name == "sgd":
+        return torch.optim.SGD(parameters, lr=cfg.optim.lr, momentum=cfg.optim.momentum,
+                               weight_decay=cfg.optim.weight_decay)
+    return torch.optim.Adam(parameters, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
+                            weight_decay=cfg.optim.weight_decay)
 
 
 def forward_losses(model, criterion, batch: dict, device, cfg: Config) -> dict:
@@ -228,12 +250,14 @@ def forward_losses(model, criterion, batch: dict, device, cfg: Config) -> dict:
     return criterion({k: v.float() for k, v in predictions.items()}, batch)
 
 
-def optimizer_step(terms: dict, optimizer, criterion) -> None:
+def optimizer_step(terms: dict, optimizer, criterion,
+                   ctx: distributed.Context = distributed.Context()) -> None:
     """The backward half: one backward of the combined loss, one optimiser step, then the
     weighting's hook (e.g. GradNorm renormalisation). The authors ran two backward passes
     (L_D then L_S with retain_graph); one pass over the sum gives the same gradients."""
     optimizer.zero_grad(set_to_none=True)
     terms["total"].backward()
+    distributed.average_gradients(ctx, criterion.parameters())  # DDP covers the model's
     optimizer.step()
     criterion.after_step()
 
@@ -259,7 +283,8 @@ def gradient_cosines(terms: dict, parameters) -> dict[str, float]:
 
 @torch.no_grad()
 def evaluate(model, loader, criterion=None, device: torch.device | None = None,
-             precision: str = "fp32", progress: bool = False) -> dict[str, Any]:
+             precision: str = "fp32", progress: bool = False,
+             ctx: distributed.Context = distributed.Context()) -> dict[str, Any]:
     """Metrics of the direct predictions over the whole split (dataset-level), consistency
     energy for ``xtc`` models, and mean loss terms when a criterion is given.
 
@@ -296,7 +321,15 @@ def evaluate(model, loader, criterion=None, device: torch.device | None = None,
     metrics: dict[str, Any] = {}
     for meter in (seg, depth, consistency):
         if meter is not None:
+            if ctx.active:  # each rank evaluated a shard: sum the meters' states
+                meter.load_state({k: distributed.all_reduce_sum(ctx, v.clone())
+                                  for k, v in meter.state().items()})
             metrics.update(meter.compute())
+    if ctx.active:
+        names = sorted(loss_sums)
+        totals = distributed.all_reduce_sum(ctx, torch.tensor(
+            [loss_sums[n] for n in names] + [batches], dtype=torch.float64))
+        loss_sums, batches = dict(zip(names, totals.tolist())), int(totals[-1])
     for name, total in loss_sums.items():
         metrics[f"loss_{name}"] = total / max(batches, 1)
     if criterion is not None:
@@ -304,7 +337,7 @@ def evaluate(model, loader, criterion=None, device: torch.device | None = None,
     return metrics
 
 
-def write_results(run: Run, train_set, device: torch.device) -> Path:
+def write_results(run: Run, train_set, device: torch.device, world: int = 1) -> Path:
     """results.json: config, selected val metrics, test metrics, history, provenance."""
     cfg = run.config
     return results.write(
@@ -315,7 +348,8 @@ def write_results(run: Run, train_set, device: torch.device) -> Path:
         history=run.history,
         best_epoch=run.best_epoch,
         wall_time_s=run.wall_time_s,
-        provenance={**runtime.provenance(device), "dataset_fingerprint": train_set.fingerprint()},
+        provenance={**runtime.provenance(device), "dataset_fingerprint": train_set.fingerprint(),
+                    "world_size": world},
     )
 
 
@@ -336,18 +370,23 @@ def protocol(cfg: Config, dataset) -> dict:
 # --------------------------------------------------------------------------- helpers
 
 
-def _loader(dataset, cfg: Config, shuffle: bool = False, epoch: int = 0,
-            start_step: int = 0) -> DataLoader:
+def _loader(dataset, cfg: Config, shuffle: bool = False, epoch: int = 0, start_step: int = 0,
+            ctx: distributed.Context = distributed.Context()) -> DataLoader:
     """Training order is a permutation seeded by (train.seed, epoch); ``start_step`` skips
-    the batches already trained on, without loading them (exact mid-epoch resume)."""
+    the batches already trained on, without loading them (exact mid-epoch resume). With
+    several ranks, rank r takes slice r of every global batch (train) or every world-th
+    image (evaluation)."""
     batch_size = cfg.train.batch_size if shuffle else (cfg.train.eval_batch_size
                                                        or cfg.train.batch_size)
-    order = None
+    local = batch_size // ctx.world if shuffle else batch_size
+    order = None if not ctx.active else list(range(ctx.rank, len(dataset), ctx.world))
     if shuffle:
         generator = torch.Generator().manual_seed(runtime.derive_seed(cfg.train.seed, epoch, 1))
-        order = torch.randperm(len(dataset), generator=generator)[start_step * batch_size:]
-        order = order.tolist()
-    return DataLoader(dataset, batch_size=batch_size, sampler=order, drop_last=shuffle,
+        steps = len(dataset) // batch_size
+        order = torch.randperm(len(dataset), generator=generator)[:steps * batch_size]
+        order = order.view(steps, ctx.world, local)[:, ctx.rank].flatten()
+        order = order[start_step * local:].tolist()
+    return DataLoader(dataset, batch_size=local, sampler=order, drop_last=shuffle,
                       num_workers=cfg.data.num_workers, worker_init_fn=runtime.worker_init_fn,
                       pin_memory=torch.cuda.is_available())
 
@@ -355,6 +394,17 @@ def _loader(dataset, cfg: Config, shuffle: bool = False, epoch: int = 0,
 def _to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
             for k, v in batch.items()}
+
+
+def _check_distributed(cfg: Config, ctx: distributed.Context) -> None:
+    if not ctx.active:
+        return
+    if cfg.train.batch_size % ctx.world:
+        raise ValueError(f"train.batch_size={cfg.train.batch_size} is the global batch and must "
+                         f"divide evenly over {ctx.world} processes")
+    if cfg.loss.weighting == "gradnorm" or cfg.train.grad_cosine_every:
+        raise ValueError("loss.weighting=gradnorm and train.grad_cosine_every take extra "
+                         "gradients outside DistributedDataParallel; run them in one process")
 
 
 def _improves(score: float, best: float | None, metric: str) -> bool:
