@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.xtc-installed
 TOKEN  ?= $(shell $(PYTHON) -c 'import secrets; print(secrets.token_hex(16))')
 RUN    ?= runs/demo/$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: setup demo test test-fast lab clean-notebooks
+.PHONY: setup demo quick test test-fast lab clean-notebooks
 
 setup: $(STAMP)
 
@@ -17,18 +17,29 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m ipykernel install --sys-prefix --name python3 > /dev/null
 	touch $(STAMP)
 
+# The main job: the papermill report on the embedded synthetic city -> reports/index.html
 demo: setup
+	$(PY) -m xtc report --preset demo
+
+# Train the quick synthetic config alone (CPU, ~3 min) -> runs/demo/<timestamp>/
+quick: setup
 	$(PY) -m xtc train --config configs/synthetic-quick.yaml --out $(RUN)
 
+# Unit, integration and browser tests, and every notebook under nbval with its defaults.
 test: setup
-	MPLBACKEND=agg $(PY) -m pytest -q
+	MPLBACKEND=agg $(PY) -m pytest -q --nbval-lax tests notebooks
 
 test-fast: setup
-	MPLBACKEND=agg $(PY) -m pytest -q -m "not slow"
+	MPLBACKEND=agg $(PY) -m pytest -q -m "not slow" tests
+
+clean-notebooks: setup
+	$(PY) tools/clean_notebooks.py
 
 lab: setup
 	@echo "JupyterLab on http://127.0.0.1:8888/lab?token=$(TOKEN)"
 	$(VENV)/bin/jupyter lab --ip 127.0.0.1 --port 8888 --no-browser \
-		--IdentityProvider.token=$(TOKEN) --notebook-dir .
+		--IdentityProvider.token=$(TOKEN) --notebook-dir . \
+		$(if $(filter 0,$(shell id -u)),--allow-root)

@@ -18,6 +18,8 @@ from typing import Mapping, Sequence, Union
 
 import numpy as np
 
+from xtc.viz.plots import figure
+
 PANELS = (("grad_cos_seg", "cos(∇L_seg, ∇L_seg2depth) on the encoder"),
           ("grad_cos_depth", "cos(∇L_depth, ∇L_depth2seg) on the encoder"),
           ("seg_energy", "val seg energy (KL, nats)"),
@@ -29,7 +31,8 @@ def plot_alignment_curves(rows: Sequence[Mapping], path: Union[str, Path, None] 
     cosines, the two energies) against epoch, one line per run."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 2, figsize=(9, 5.5))
+    fig = figure((9, 5.5))
+    axes = fig.subplots(2, 2)
     runs = list(dict.fromkeys(r["run"] for r in rows))
     for ax, (key, title) in zip(axes.flat, PANELS):
         for run in runs:
@@ -56,8 +59,8 @@ def plot_energy_maps(maps: Mapping[str, Mapping[str, np.ndarray]], n: int = 2,
                ("seg_energy", "seg energy", "magma"), ("depth_error", "|depth error|", "Reds"),
                ("depth_energy", "depth energy", "magma"))
     items = [(run, i) for run, m in maps.items() for i in range(min(n, len(m["image"])))]
-    fig, axes = plt.subplots(len(items), len(columns), squeeze=False,
-                             figsize=(2.2 * len(columns), 2.1 * len(items)))
+    fig = figure((2.2 * len(columns), 2.1 * len(items)))
+    axes = fig.subplots(len(items), len(columns), squeeze=False)
     for row, (run, i) in zip(axes, items):
         for ax, (key, title, cmap) in zip(row, columns):
             if cmap is None:
@@ -79,11 +82,8 @@ def table(rows: Sequence[Mapping], digits: int = 4):
 
 
 def _finish(fig, path):
-    import matplotlib.pyplot as plt
-
     fig.tight_layout()
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=120)
-    plt.close(fig)
     return fig

@@ -19,6 +19,8 @@ from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
 
+from xtc.viz.plots import figure
+
 TERM_ORDER = ("seg", "depth", "seg2depth", "depth2seg", "total")
 
 
@@ -44,7 +46,8 @@ def plot_curves(curves, terms: Optional[Sequence[str]] = None,
 
     curves = _as_mapping(curves)
     terms = _terms(curves, terms)
-    fig, axes = plt.subplots(1, len(terms), figsize=(3.2 * len(terms), 3), squeeze=False)
+    fig = figure((3.2 * len(terms), 3))
+    axes = fig.subplots(1, len(terms), squeeze=False)
     for ax, term in zip(axes[0], terms):
         for label, curve in curves.items():
             if term in curve.losses:
@@ -67,8 +70,8 @@ def plot_contours(surfaces, terms: Optional[Sequence[str]] = None, levels: int =
 
     surfaces = _as_mapping(surfaces)
     terms = _terms(surfaces, terms)
-    fig, axes = plt.subplots(len(surfaces), len(terms), squeeze=False,
-                             figsize=(2.8 * len(terms), 2.6 * len(surfaces)))
+    fig = figure((2.8 * len(terms), 2.6 * len(surfaces)))
+    axes = fig.subplots(len(surfaces), len(terms), squeeze=False)
     for row, (label, surf) in zip(axes, surfaces.items()):
         for ax, term in zip(row, terms):
             if term not in surf.losses:
@@ -148,11 +151,8 @@ def _levels(z: np.ndarray, levels: int):
 
 
 def _finish(fig, path):
-    import matplotlib.pyplot as plt
-
     fig.tight_layout()
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=120)
-    plt.close(fig)
     return fig

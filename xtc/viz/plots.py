@@ -1,0 +1,234 @@
+"""Matplotlib plots for datasets, predictions and training curves.
+
+Every ``show_*`` / ``plot_*`` function returns a ``matplotlib.figure.Figure`` (a notebook
+displays it as the cell's result; a script can ``savefig`` it). matplotlib is imported inside
+the functions, so ``import xtc.viz`` stays light. Segmentation colours follow the Cityscapes
+category palette for 7 classes and matplotlib's ``tab20`` otherwise; ``-1`` (ignore) is black.
+Depth is drawn in the dataset's units (``dataset.depth_units``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Optional, Sequence
+
+import numpy as np
+import torch
+
+# Cityscapes 7 categories: flat, construction, object, nature, sky, human, vehicle
+CITYSCAPES_7 = np.array([[128, 64, 128], [70, 70, 70], [250, 170, 30], [107, 142, 35],
+                         [70, 130, 180], [220, 20, 60], [0, 0, 142]], dtype=np.uint8)
+
+
+def seg_palette(num_classes: int) -> np.ndarray:
+    """``(K, 3)`` uint8 colours for ``num_classes`` classes."""
+    if num_classes == 7:
+        return CITYSCAPES_7.copy()
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab20"]
+    return (np.array([cmap(i % 20)[:3] for i in range(num_classes)]) * 255).astype(np.uint8)
+
+
+def colorize_seg(labels: Any, num_classes: Optional[int] = None) -> np.ndarray:
+    """Label map ``(H,W)`` (or logits ``(K,H,W)``, argmaxed) -> RGB ``(H,W,3)`` uint8;
+    ``-1`` (ignore) is black.
+
+    Examples:
+        >>> colorize_seg(np.array([[0, -1]]), num_classes=7).tolist()
+        [[[128, 64, 128], [0, 0, 0]]]
+    """
+    labels = _numpy(labels)
+    if labels.ndim == 3:  # (K,H,W) logits
+        num_classes = num_classes or labels.shape[0]
+        labels = labels.argmax(0)
+    labels = labels.astype(np.int64)
+    num_classes = num_classes or int(labels.max()) + 1
+    palette = np.vstack([seg_palette(num_classes), np.zeros((1, 3), np.uint8)])
+    return palette[np.where(labels < 0, num_classes, labels)]
+
+
+def show_samples(dataset, n: int = 4, indices: Optional[Sequence[int]] = None):
+    """``n`` items of ``dataset`` as rows: image, segmentation target, depth target."""
+    indices = list(indices) if indices is not None else list(range(min(n, len(dataset))))
+    fig = figure((9, 2.4 * len(indices)))
+    axes = fig.subplots(len(indices), 3, squeeze=False)
+    for row, index in zip(axes, indices):
+        item = dataset[index]
+        _image(row[0], _rgb(item["image"]), f"image #{index}")
+        _image(row[1], colorize_seg(item["seg_target"], dataset.num_classes), "seg_target")
+        _depth(row[2], item["depth_target"][0], item["depth_mask"][0],
+               f"depth_target ({dataset.depth_units})")
+    _legend(fig, dataset.class_names)
+    fig.tight_layout()
+    return fig
+
+
+@torch.no_grad()
+def show_predictions(model, dataset, indices: Sequence[int] = (0, 1, 2), device: str = "cpu"):
+    """Rows of image, GT and predicted segmentation and depth; for an ``xtc`` model also
+    the transferred predictions ``depth2seg`` and ``seg2depth``."""
+    model = model.to(device).eval()
+    batch = torch.stack([dataset[i]["image"] for i in indices]).to(device)
+    out = {k: v.float().cpu() for k, v in model(batch).items()}
+    cols = ["image"]
+    if "seg" in out:
+        cols += ["seg_target", "seg"] + (["depth2seg"] if "depth2seg" in out else [])
+    if "depth" in out:
+        cols += ["depth_target", "depth"] + (["seg2depth"] if "seg2depth" in out else [])
+    fig = figure((2.3 * len(cols), 2.2 * len(indices)))
+    axes = fig.subplots(len(indices), len(cols), squeeze=False)
+    for r, index in enumerate(indices):
+        item = dataset[index]
+        for ax, col in zip(axes[r], cols):
+            if col == "image":
+                _image(ax, _rgb(item["image"]), f"image #{index}")
+            elif col in ("seg_target", "seg", "depth2seg"):
+                labels = item["seg_target"] if col == "seg_target" else out[col][r]
+                _image(ax, colorize_seg(labels, model.num_classes), col)
+            else:
+                mask = item["depth_mask"][0]
+                value = item["depth_target"][0] if col == "depth_target" else out[col][r, 0]
+                _depth(ax, value, mask if col == "depth_target" else None, col)
+    _legend(fig, getattr(dataset, "class_names", None))
+    fig.tight_layout()
+    return fig
+
+
+def plot_history(history: list, keys: Optional[Iterable[str]] = None):
+    """Per-epoch curves from ``Run.history`` / ``results.json["history"]``; by default the
+    train loss terms and the validation metrics, one panel each group."""
+    numeric = sorted({k for h in history for k, v in h.items()
+                      if isinstance(v, (int, float)) and k not in ("epoch", "lr")})
+    keys = list(keys) if keys is not None else numeric
+    groups = {"train": [k for k in keys if k.startswith("train_")],
+              "val": [k for k in keys if not k.startswith("train_")]}
+    groups = {g: ks for g, ks in groups.items() if ks}
+    fig = figure((6 * max(len(groups), 1), 3.5))
+    axes = fig.subplots(1, max(len(groups), 1), squeeze=False)
+    epochs = [h.get("epoch", i) + 1 for i, h in enumerate(history)]
+    for ax, (group, ks) in zip(axes[0], groups.items()):
+        for key in ks:
+            ax.plot(epochs, [h.get(key, np.nan) for h in history], marker="o", label=key)
+        ax.set(xlabel="epoch", title=group)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def pixel_table(dataset, n: Optional[int] = None) -> dict[str, np.ndarray]:
+    """Flattened ``seg_target``, ``depth_target`` and ``depth_mask`` of the first ``n`` items
+    (all by default): the raw material of the class-balance and depth plots."""
+    n = len(dataset) if n is None else min(n, len(dataset))
+    items = [dataset[i] for i in range(n)]
+    return {"seg": np.concatenate([_numpy(it["seg_target"]).ravel() for it in items]),
+            "depth": np.concatenate([_numpy(it["depth_target"]).ravel() for it in items]),
+            "mask": np.concatenate([_numpy(it["depth_mask"]).ravel() for it in items])}
+
+
+def class_balance(dataset, n: Optional[int] = None) -> dict[str, float]:
+    """Share of labelled pixels per class name over the first ``n`` items (ignore excluded)."""
+    seg = pixel_table(dataset, n)["seg"]
+    counts = np.bincount(seg[seg >= 0], minlength=dataset.num_classes).astype(float)
+    shares = counts / max(counts.sum(), 1.0)
+    return {name: float(s) for name, s in zip(dataset.class_names, shares)}
+
+
+def plot_class_balance(dataset, n: Optional[int] = None):
+    """Bar chart of :func:`class_balance` (pixel share per class, in %)."""
+    shares = class_balance(dataset, n)
+    fig = figure((7, 3))
+    ax = fig.subplots()
+    ax.bar(list(shares), [100 * s for s in shares.values()],
+           color=seg_palette(dataset.num_classes)[: len(shares)] / 255)
+    ax.set(ylabel="% of labelled pixels", title="class balance")
+    ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    return fig
+
+
+def plot_depth_histogram(dataset, n: Optional[int] = None, bins: int = 50):
+    """Histogram of valid depth targets (in ``dataset.depth_units``), with the invalid share."""
+    table = pixel_table(dataset, n)
+    valid = table["depth"][table["mask"]]
+    fig = figure((7, 3))
+    ax = fig.subplots()
+    ax.hist(valid, bins=bins, color="tab:blue")
+    ax.set(xlabel=f"depth_target ({dataset.depth_units})", ylabel="pixels",
+           title=f"depth targets: {100 * (1 - table['mask'].mean()):.1f}% of pixels invalid")
+    fig.tight_layout()
+    return fig
+
+
+def plot_depth_per_class(dataset, n: Optional[int] = None):
+    """Depth distribution of each class (box plot over valid, labelled pixels): the
+    seg<->depth relation the transfer nets ``seg2depth`` / ``depth2seg`` have to learn."""
+    table = pixel_table(dataset, n)
+    keep = table["mask"] & (table["seg"] >= 0)
+    seg, depth = table["seg"][keep], table["depth"][keep]
+    data = [depth[seg == k] if (seg == k).any() else np.array([np.nan])
+            for k in range(dataset.num_classes)]
+    fig = figure((7, 3.2))
+    ax = fig.subplots()
+    box = ax.boxplot(data, showfliers=False, patch_artist=True)
+    for patch, colour in zip(box["boxes"], seg_palette(dataset.num_classes) / 255):
+        patch.set_facecolor(colour)
+    ax.set_xticks(range(1, dataset.num_classes + 1), dataset.class_names, rotation=30)
+    ax.set(ylabel=f"depth ({dataset.depth_units})", title="depth per class (valid pixels)")
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def figure(figsize):
+    """A matplotlib Figure outside pyplot: shown once, as the cell's result (pyplot figures
+    are shown a second time by the inline backend), freed when unreferenced, and rendered as
+    PNG in IPython even under ``MPLBACKEND=agg`` (headless papermill runs)."""
+    from matplotlib.figure import Figure
+
+    try:
+        from IPython import get_ipython
+        from IPython.core.pylabtools import select_figure_formats
+
+        shell = get_ipython()
+        if shell is not None:
+            select_figure_formats(shell, {"png"})
+    except ImportError:
+        pass
+    return Figure(figsize=figsize)
+
+
+def _numpy(x: Any) -> np.ndarray:
+    return x.detach().cpu().numpy() if torch.is_tensor(x) else np.asarray(x)
+
+
+def _rgb(image: Any) -> np.ndarray:
+    """``(3,H,W)`` float in [0,1] -> ``(H,W,3)`` uint8."""
+    return (np.clip(_numpy(image).transpose(1, 2, 0), 0, 1) * 255).astype(np.uint8)
+
+
+def _image(ax, rgb: np.ndarray, title: str) -> None:
+    ax.imshow(rgb)
+    ax.set_title(title, fontsize=8)
+    ax.axis("off")
+
+
+def _depth(ax, depth: Any, mask: Any, title: str) -> None:
+    depth = _numpy(depth).astype(float)
+    if mask is not None:
+        depth = np.where(_numpy(mask), depth, np.nan)
+    ax.imshow(depth, cmap="viridis")
+    ax.set_title(title, fontsize=8)
+    ax.axis("off")
+
+
+def _legend(fig, class_names: Optional[Sequence[str]]) -> None:
+    if not class_names:
+        return
+    from matplotlib.patches import Patch
+
+    colours = seg_palette(len(class_names)) / 255
+    fig.legend(handles=[Patch(color=c, label=n) for c, n in zip(colours, class_names)],
+               loc="lower center", ncol=min(len(class_names), 7), fontsize=7, frameon=False,
+               bbox_to_anchor=(0.5, -0.02))
