@@ -63,7 +63,7 @@ def test_bad_files(tmp_path):
 
 def test_shortcuts_resolve_to_one_field():
     assert config.load(None, seed=3).train.seed == 3  # seed: train.seed, not data.seed
-    assert config.load(None, name="nyuv2").data.name == "nyuv2"
+    assert config.load(None, classes=19).data.classes == 19
     with pytest.raises(ConfigError, match="not a config field"):
         config.load(None, seed_typo=1)
 

@@ -29,7 +29,7 @@ from xtc.config import Config, from_dict
 from xtc.data import build_dataset_from_config
 from xtc.metrics import consistency_energy_maps
 from xtc.models import build_model_from_config
-from xtc.viz.plots import _figure, colorize_seg
+from xtc.viz.plots import figure, colorize_seg
 
 SPLITS = ("train", "val", "test")
 # panel name -> (kind, needs): kinds rgb | seg | depth | error | energy
@@ -182,7 +182,7 @@ def static_gallery(run: LoadedRun, split: str = "test", indices: Sequence[int] =
     headless run (papermill, reports) keeps in place of the interactive explorer."""
     names = panel_names(run)
     dataset = run.dataset(split)
-    fig = _figure((1.9 * len(names), 1.9 * len(indices) + 0.4))
+    fig = figure((1.9 * len(names), 1.9 * len(indices) + 0.4))
     axes = fig.subplots(len(indices), len(names), squeeze=False)
     for r, index in enumerate(indices):
         maps = predict(run, split, index)
