@@ -172,7 +172,7 @@ def expand_runs(plan: dict) -> list[tuple[str, dict]]:
                     params["overrides"] = {**(params.get("overrides") or {}), k: value}
                 else:
                     params[k] = value
-        name = item.get("name") or run_name(params, [(k, item.get(k)) for k in varying])
+        name = item.get("name") or run_name(params, [(k, item[k]) for k in varying if k in item])
         if name in seen:
             raise ValueError(f"runs {seen[name]} and {item} get the same folder name {name!r}; "
                              f"give them distinct 'name' fields")

@@ -1,0 +1,37 @@
+"""The benchmarks run and print the JSON their README promises (tiny sizes: the numbers of a
+--quick run mean nothing; bench/RESULTS.md holds real ones)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run(script: str) -> dict:
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / script), "--quick", "--json"],
+                          capture_output=True, text=True, timeout=900, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout)
+
+
+@pytest.mark.slow
+def test_train_step_benchmark_reports_the_issue_keys():
+    out = _run("train_step.py")
+    for key in ("ms_per_step", "images_per_s", "flops_per_step", "achieved_flops",
+                "peak_bf16_flops", "peak_fp32_flops", "fraction_of_bf16_peak",
+                "baseline_ms_per_step", "speedup_vs_baseline"):
+        assert isinstance(out[key], (int, float)) and out[key] > 0, key
+    # one backward of the sum and the authors' two backward passes give the same gradients
+    assert out["gradient_check"]["equal"]
+
+
+@pytest.mark.slow
+def test_eval_and_data_benchmarks_run():
+    assert _run("eval.py")["agreement_ok"]
+    assert _run("data.py")["ratio"] > 0
