@@ -54,13 +54,11 @@ BN_MODES = ("eval", "recompute")
 Direction = dict  # parameter name -> tensor shaped like the parameter
 
 
-@dataclass
-class Curve:
-    """1-D landscape: ``losses[term][i]`` is the mean loss at ``alpha[i]``."""
+class _Landscape:
+    """Shared by :class:`Curve` and :class:`Surface`: ``losses[term]`` arrays, ``bn`` mode."""
 
-    alpha: np.ndarray
-    losses: dict = field(default_factory=dict)
-    bn: str = "eval"
+    losses: dict
+    bn: str
 
     def __getitem__(self, term: str) -> np.ndarray:
         return self.losses[term]
@@ -69,13 +67,24 @@ class Curve:
     def terms(self) -> list:
         return list(self.losses)
 
-    def to_dict(self) -> dict:
-        return {"alpha": self.alpha.tolist(), "bn": self.bn,
-                "losses": {k: v.tolist() for k, v in self.losses.items()}}
+    def _losses_dict(self) -> dict:
+        return {"bn": self.bn, "losses": {k: v.tolist() for k, v in self.losses.items()}}
 
 
 @dataclass
-class Surface:
+class Curve(_Landscape):
+    """1-D landscape: ``losses[term][i]`` is the mean loss at ``alpha[i]``."""
+
+    alpha: np.ndarray
+    losses: dict = field(default_factory=dict)
+    bn: str = "eval"
+
+    def to_dict(self) -> dict:
+        return {"alpha": self.alpha.tolist(), **self._losses_dict()}
+
+
+@dataclass
+class Surface(_Landscape):
     """2-D landscape: ``losses[term][i, j]`` is the mean loss at ``(x[j], y[i])`` (shape
     ``(len(y), len(x))``, the convention of ``matplotlib.contour`` and ``plotly go.Surface``)."""
 
@@ -84,16 +93,8 @@ class Surface:
     losses: dict = field(default_factory=dict)
     bn: str = "eval"
 
-    def __getitem__(self, term: str) -> np.ndarray:
-        return self.losses[term]
-
-    @property
-    def terms(self) -> list:
-        return list(self.losses)
-
     def to_dict(self) -> dict:
-        return {"x": self.x.tolist(), "y": self.y.tolist(), "bn": self.bn,
-                "losses": {k: v.tolist() for k, v in self.losses.items()}}
+        return {"x": self.x.tolist(), "y": self.y.tolist(), **self._losses_dict()}
 
 
 # ----------------------------------------------------------------------------- directions

@@ -56,7 +56,35 @@ def resolve_augment(split: str, augment: Optional[bool]) -> bool:
     return split == "train" and (augment is None or bool(augment))
 
 
-class MTANDataset(torch.utils.data.Dataset):
+class SplitDataset(torch.utils.data.Dataset):
+    """A split as ``indices`` into a pool; item ``index`` is ``read(indices[index])``, then
+    augmented (train split only) with randomness from (seed, epoch, index) alone.
+
+    Subclasses set ``indices``, ``seed``, ``augment``, ``depth_units`` and implement ``read``.
+    """
+
+    epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Augmentation of item i at epoch e depends on (seed, e, i) only."""
+        self.epoch = int(epoch)
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} items")
+        item = self.read(int(self.indices[index]))
+        if self.augment:
+            item = augment_item(item, self.seed, self.epoch, index, self.depth_units)
+        return item
+
+    def read(self, i: int) -> dict:
+        raise NotImplementedError
+
+
+class MTANDataset(SplitDataset):
     """Items ``image (3,H,W)``, ``seg_target (H,W)``, ``depth_target (1,H,W)``, ``depth_mask
     (1,H,W)`` and ``normal_target (3,H,W)`` when a ``normal`` folder exists.
 
@@ -157,22 +185,6 @@ class MTANDataset(torch.utils.data.Dataset):
             raise DatasetError(f"{self.name}: cannot read {path}: {exc}") from None
 
     # ------------------------------------------------------------------ dataset API
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Augmentation of item i at epoch e depends on (seed, e, i) only."""
-        self.epoch = int(epoch)
-
-    def __getitem__(self, index: int) -> dict:
-        if not 0 <= index < len(self):
-            raise IndexError(f"index {index} out of range for {len(self)} items")
-        i = int(self.indices[index])
-        item = self.read(i)
-        if self.augment:
-            item = augment_item(item, self.seed, self.epoch, index, self.depth_units)
-        return item
 
     def read(self, i: int) -> dict:
         """File ``i`` of the split folder as an item (no augmentation)."""

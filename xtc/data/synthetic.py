@@ -48,8 +48,7 @@ import numpy as np
 import torch
 
 from xtc.data.errors import DatasetError
-from xtc.data.mtan import check_split, resolve_augment, split_indices
-from xtc.data.transforms import augment_item
+from xtc.data.mtan import SplitDataset, check_split, resolve_augment, split_indices
 
 GENERATOR_VERSION = "synthetic-city-v1"
 CLASS_NAMES = ["flat", "construction", "object", "nature", "sky", "human", "vehicle"]
@@ -288,7 +287,7 @@ def _paint_thing(canvas: _Canvas, rng: np.random.Generator, kind: str, dist: flo
         canvas.paint(y0, y1, x0, x1, shape, inv, NATURE, inst)
 
 
-class SyntheticCity(torch.utils.data.Dataset):
+class SyntheticCity(SplitDataset):
     """Procedural street scenes (module docstring), rendered on the fly.
 
     Splits: the train pool is scene indices ``0..train_size-1`` (``val`` = a seeded
@@ -321,23 +320,13 @@ class SyntheticCity(torch.utils.data.Dataset):
         else:
             self.indices = split_indices(train_size, split, val_fraction, seed)
 
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __getitem__(self, index: int) -> dict:
-        if not 0 <= index < len(self):
-            raise IndexError(f"index {index} out of range for {len(self)} items")
-        s = render_scene(self.seed, int(self.indices[index]), self.height, self.width)
+    def read(self, i: int) -> dict:
+        """Scene ``i`` of the pool as an item (no augmentation)."""
+        s = render_scene(self.seed, i, self.height, self.width)
         depth = torch.from_numpy(s["depth"])[None]
-        item = {"image": torch.from_numpy(np.ascontiguousarray(s["image"].transpose(2, 0, 1))),
-                "seg_target": torch.from_numpy(s["label"]),
-                "depth_target": depth, "depth_mask": depth > 0}
-        if self.augment:
-            item = augment_item(item, self.seed, self.epoch, index, self.depth_units)
-        return item
+        return {"image": torch.from_numpy(np.ascontiguousarray(s["image"].transpose(2, 0, 1))),
+                "seg_target": torch.from_numpy(s["label"]), "depth_target": depth,
+                "depth_mask": depth > 0}
 
     def fingerprint(self) -> str:
         """sha256 (16 hex) of the generator version and every parameter that shapes the data."""

@@ -19,6 +19,7 @@ from typing import Mapping, Sequence, Union
 import numpy as np
 
 from xtc.viz.plots import figure
+from xtc.viz.plots import finish as _finish
 
 PANELS = (("grad_cos_seg", "cos(∇L_seg, ∇L_seg2depth) on the encoder"),
           ("grad_cos_depth", "cos(∇L_depth, ∇L_depth2seg) on the encoder"),
@@ -29,7 +30,6 @@ PANELS = (("grad_cos_seg", "cos(∇L_seg, ∇L_seg2depth) on the encoder"),
 def plot_alignment_curves(rows: Sequence[Mapping], path: Union[str, Path, None] = None):
     """Rows of :func:`xtc.alignment.alignment_curves` -> 2x2 panels (the two gradient
     cosines, the two energies) against epoch, one line per run."""
-    import matplotlib.pyplot as plt
 
     fig = figure((9, 5.5))
     axes = fig.subplots(2, 2)
@@ -79,11 +79,3 @@ def table(rows: Sequence[Mapping], digits: int = 4):
     from xtc.viz.landscape_plots import table as html_table
 
     return html_table(rows, digits)
-
-
-def _finish(fig, path):
-    fig.tight_layout()
-    if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=120)
-    return fig

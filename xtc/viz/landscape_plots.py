@@ -20,6 +20,7 @@ from typing import Mapping, Optional, Sequence, Union
 import numpy as np
 
 from xtc.viz.plots import figure
+from xtc.viz.plots import finish as _finish
 
 TERM_ORDER = ("seg", "depth", "seg2depth", "depth2seg", "total")
 
@@ -42,7 +43,6 @@ def plot_curves(curves, terms: Optional[Sequence[str]] = None,
                 path: Union[str, Path, None] = None):
     """One panel per loss term, one line per curve (``{label: Curve}`` or a single Curve);
     dotted verticals at alpha = 0 and 1 (the two checkpoints of an interpolation)."""
-    import matplotlib.pyplot as plt
 
     curves = _as_mapping(curves)
     terms = _terms(curves, terms)
@@ -66,7 +66,6 @@ def plot_contours(surfaces, terms: Optional[Sequence[str]] = None, levels: int =
     """Filled contours: one row per surface (``{label: Surface}``), one column per term; the
     checkpoint (0, 0) is marked; levels are log-spaced for a term whose loss spans more than a
     factor of 20. Saved as PNG to ``path`` when given (for reports)."""
-    import matplotlib.pyplot as plt
 
     surfaces = _as_mapping(surfaces)
     terms = _terms(surfaces, terms)
@@ -148,11 +147,3 @@ def _levels(z: np.ndarray, levels: int):
     if lo > 0 and hi / lo > 20:
         return np.geomspace(lo, hi, levels), LogNorm(lo, hi)
     return np.linspace(lo, hi, levels), None
-
-
-def _finish(fig, path):
-    fig.tight_layout()
-    if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=120)
-    return fig

@@ -181,6 +181,17 @@ def plot_depth_per_class(dataset, n: Optional[int] = None):
 # --------------------------------------------------------------------------- helpers
 
 
+def finish(fig, path=None):
+    """Tight layout, saved as PNG when ``path`` is given (reports), and returned for display."""
+    from pathlib import Path
+
+    fig.tight_layout()
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=120)
+    return fig
+
+
 def figure(figsize):
     """A matplotlib Figure outside pyplot: shown once, as the cell's result (pyplot figures
     are shown a second time by the inline backend), freed when unreferenced, and rendered as
