@@ -15,7 +15,7 @@ import importlib
 __version__ = "0.1.0"
 
 _SUBMODULES = ("config", "registry", "runtime", "results", "checkpoint", "data", "models",
-               "losses", "metrics", "train", "landscape", "alignment", "summary", "report",
+               "losses", "metrics", "baselines", "train", "landscape", "alignment", "summary", "report",
                "viz", "cli")
 
 
