@@ -15,8 +15,8 @@ import importlib
 __version__ = "0.1.0"
 
 _SUBMODULES = ("config", "registry", "runtime", "results", "checkpoint", "data", "models",
-               "losses", "metrics", "baselines", "train", "landscape", "alignment", "summary", "report",
-               "viz", "cli")
+               "losses", "metrics", "baselines", "train", "distributed", "landscape",
+               "alignment", "summary", "report", "viz", "cli")
 
 
 def __getattr__(name: str):
