@@ -196,4 +196,30 @@ def test_bad_checkpoints(kind, fragment, trained, tmp_path, capsys):
 
 
 def test_the_corpus_is_large_enough():
-    assert len(DATA_CASES) + len(CONFIG_CASES) + len(CHECKPOINT_CASES) >= 25
+    assert len(DATA_CASES) + len(CONFIG_CASES) + len(CHECKPOINT_CASES) + len(NOTEBOOK_CASES) >= 25
+
+
+NOTEBOOK_CASES = [
+    ({"method": "stl"}, "model.method='stl' is not valid; choose one of"),
+    ({"lambda1": 3.0}, "loss.lambda1=3.0 is out of range"),
+    ({"epochs": "two"}, "train.epochs='two' has type str; expected int"),
+    ({"dataset": "nyuv2", "data_root": "/nonexistent"}, "does not exist; set data.root"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("parameters, fragment", NOTEBOOK_CASES,
+                         ids=[c[1][:25] for c in NOTEBOOK_CASES])
+def test_bad_notebook_parameters_name_the_field(parameters, fragment, tmp_path):
+    from xtc import report
+
+    out = tmp_path / "run"
+    with pytest.raises(report.ExecutionFailed) as info:
+        report.execute(ROOT_NOTEBOOKS / "02_train.ipynb", out,
+                       {**parameters, "out_dir": str(out)})
+    assert fragment in str(info.value)
+    assert info.value.notebook.exists()  # the partial notebook is kept to inspect
+    assert not (out / "results.json").exists()
+
+
+ROOT_NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
