@@ -58,8 +58,10 @@ def _evaluate(args) -> int:
     try:
         model.load_state_dict(payload["model"])
     except RuntimeError as exc:
+        detail = " ".join(line.strip() for line in str(exc).splitlines()[1:2])[:160]
         raise ValueError(f"checkpoint {args.checkpoint} does not fit the model its config "
-                         f"describes ({str(exc).splitlines()[0]})") from None
+                         f"describes ({detail}...); was it written by another xtc version "
+                         f"or edited?") from None
     criterion = build_criterion(cfg, model)
     if "criterion" in payload:
         criterion.load_state_dict(payload["criterion"])
