@@ -81,8 +81,14 @@ def plot_contours(surfaces, terms: Optional[Sequence[str]] = None, levels: int =
             filled = ax.contourf(surf.x, surf.y, z, levels=lv, norm=norm, cmap="viridis")
             ax.contour(surf.x, surf.y, z, levels=lv, norm=norm, colors="k", linewidths=0.3)
             ax.plot([0], [0], "r+", ms=8)
-            fig.colorbar(filled, ax=ax, shrink=0.8)
-            ax.set(title=f"{label}: {term}" if label else term, aspect="equal")
+            bar = fig.colorbar(filled, ax=ax, shrink=0.8, format="%.3g")
+            bar.ax.tick_params(labelsize=7)
+            bar.ax.yaxis.set_minor_formatter("")  # log levels: no crowded minor labels
+            ax.set_title(term, fontsize=9)
+            ax.set_aspect("equal")
+            ax.tick_params(labelsize=7)
+            if term == terms[0] and label:
+                ax.set_ylabel(label, fontsize=8)
     return _finish(fig, path)
 
 
