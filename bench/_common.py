@@ -124,6 +124,14 @@ def log(message: str, quiet: bool = False) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
+def main(parser, run: Callable, human: Callable[[dict], str], argv=None) -> dict:
+    """Parse ``argv``, ``run(args)``, print the result (JSON with --json) and return it."""
+    args = parser.parse_args(argv)
+    result = run(args)
+    emit(result, args.json, human)
+    return result
+
+
 def emit(result: dict, as_json: bool, human: Callable[[dict], str]) -> None:
     result.setdefault("load_average_end", list(os.getloadavg()))
     if as_json:

@@ -153,10 +153,7 @@ def main(argv=None) -> dict:
     p.add_argument("--train-variant", default="bf16-cl",
                    help="variant of our step (bench/train_step.py) for the training rate")
     p.add_argument("--train-repeats", type=int, default=2)
-    args = p.parse_args(argv)
-    result = run(args)
-    _common.emit(result, args.json, human)
-    return result
+    return _common.main(p, run, human, argv)
 
 
 if __name__ == "__main__":

@@ -228,10 +228,7 @@ def main(argv=None) -> dict:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--eval-repeats", type=int, default=2)
     p.add_argument("--repeats", type=int, default=15, help="interleaved metric-update rounds")
-    args = p.parse_args(argv)
-    result = run(args)
-    _common.emit(result, args.json, human)
-    return result
+    return _common.main(p, run, human, argv)
 
 
 if __name__ == "__main__":

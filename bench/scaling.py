@@ -99,10 +99,7 @@ def main(argv=None) -> dict:
                    help="skip cells with batch*height*width above this on CPU")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--variant", default="bf16-cl", help=f"one of {list(ts.VARIANTS)}")
-    args = p.parse_args(argv)
-    result = run(args)
-    _common.emit(result, args.json, human)
-    return result
+    return _common.main(p, run, human, argv)
 
 
 if __name__ == "__main__":
