@@ -32,6 +32,7 @@ def test_train_step_benchmark_reports_the_issue_keys():
 
 
 @pytest.mark.slow
-def test_eval_and_data_benchmarks_run():
+def test_eval_data_and_scaling_benchmarks_run():
     assert _run("eval.py")["agreement_ok"]
     assert _run("data.py")["ratio"] > 0
+    assert all(row["ms_per_step"] > 0 for row in _run("scaling.py")["rows"])
