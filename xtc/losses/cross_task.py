@@ -27,7 +27,7 @@ CROSS_TASK_MODES = ("consistency", "alignment", "both")
 def pseudo_targets(predictions: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Detached direct predictions: ``depth`` (B, 1, H, W) and ``seg`` = argmax labels (B, H, W)."""
     return {"depth": predictions["depth"].detach(),
-            "seg": predictions["seg"].detach().argmax(dim=1)}
+            "seg": predictions["seg"].detach().max(dim=1).indices}  # = argmax, faster on CPU
 
 
 def ssim_dissimilarity(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None,
