@@ -167,3 +167,14 @@ def test_sigterm_saves_and_says_how_to_resume(tiny_config, tmp_path):
     payload = checkpoint.load(tmp_path / "checkpoints" / "last.pt")
     assert (payload["epoch"], payload["step"]) == (info.value.epoch, info.value.step)
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handler restored
+
+
+def test_without_out_dir_the_returned_model_is_the_selected_one(tiny_config, tmp_path):
+    # lr 0.01 makes val mIoU peak at epoch 2 of 3, so "selected" and "last" differ
+    cfg = tiny_config("train.epochs=3", "train.max_steps_per_epoch=2", "optim.lr=0.01",
+                      "train.select=miou")
+    on_disk = train.fit(cfg, out_dir=tmp_path, progress=False)
+    in_memory = train.fit(cfg, progress=False)
+    assert in_memory.best_epoch == on_disk.best_epoch == 1
+    assert _same(_weights(in_memory.model), _weights(on_disk.model))
+    assert in_memory.test_metrics == on_disk.test_metrics

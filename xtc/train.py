@@ -120,7 +120,12 @@ def fit(config: Config, out_dir: str | Path | None = None, resume: bool = False,
         raise FileExistsError(f"{out_dir} already holds a finished run (results.json); choose "
                               f"another --out folder or pass --resume to continue it")
 
+    best_in_memory = None  # selected weights when there is no out_dir to hold best.pt
+
     def save(name: str) -> None:
+        nonlocal best_in_memory
+        if out_dir is None and name == "best.pt":
+            best_in_memory = {k: v.detach().clone() for k, v in model.state_dict().items()}
         if out_dir is not None and ctx.is_main:
             checkpoint.save(_payload(cfg, model, criterion, optimizer, scheduler, state),
                             out_dir / "checkpoints" / name)
@@ -152,6 +157,8 @@ def fit(config: Config, out_dir: str | Path | None = None, resume: bool = False,
     distributed.barrier(ctx)  # rank 0 has written best.pt
     if out_dir is not None and state["best_epoch"] >= 0:
         model.load_state_dict(checkpoint.load(out_dir / "checkpoints" / "best.pt")["model"])
+    elif best_in_memory is not None:
+        model.load_state_dict(best_in_memory)
     best = state["history"][state["best_epoch"]] if state["best_epoch"] >= 0 else {}
     run = Run(config=cfg, model=model, out_dir=out_dir, history=state["history"],
               best_epoch=state["best_epoch"],
