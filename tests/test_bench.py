@@ -12,8 +12,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _run(script: str) -> dict:
-    done = subprocess.run([sys.executable, str(ROOT / "bench" / script), "--quick", "--json"],
+def _run(script: str, *extra: str) -> dict:
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / script), "--quick", "--json", *extra],
                           capture_output=True, text=True, timeout=900, cwd=ROOT,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0, done.stderr[-3000:]
@@ -36,3 +36,13 @@ def test_eval_data_and_scaling_benchmarks_run():
     assert _run("eval.py")["agreement_ok"]
     assert _run("data.py")["ratio"] > 0
     assert all(row["ms_per_step"] > 0 for row in _run("scaling.py")["rows"])
+
+
+@pytest.mark.slow
+def test_precision_benchmark_compares_bf16_with_fp32_over_seeds():
+    out = _run("precision.py", "--seeds", "2")
+    assert set(out["runs"]) == {"fp32", "bf16"}
+    assert all(len(seeds) == 2 for seeds in out["runs"].values())
+    miou = out["metrics"]["miou"]
+    assert miou["agree"] == (miou["abs_diff_of_means"] <= miou["seed_spread"])
+    assert out["all_agree"] == all(m["agree"] for m in out["metrics"].values())

@@ -42,21 +42,35 @@ def _as_labels(logits_or_labels: Tensor, num_classes: int) -> Tensor:
     return x.long()
 
 
-def _per_image_confusion(pred: Tensor, target: Tensor, num_classes: int, ignore_index: int) -> Tensor:
-    """(B,K,K) int64 confusion per image (rows = ground truth, cols = prediction), one bincount."""
+def _check_label_range(labels: Tensor, k: int, message: str) -> None:
+    """Labels outside [0, k) would be counted in another image's or class's bin: refuse them."""
+    if labels.numel():
+        lo, hi = torch.aminmax(labels)  # one pass
+        if lo < 0 or hi >= k:
+            raise ValueError(f"{message}; got range [{int(lo)}, {int(hi)}]")
+
+
+def _per_image_confusion(pred: Tensor, target: Tensor, num_classes: int, ignore_index: int,
+                         pred_checked: bool = False) -> Tensor:
+    """(B,K,K) int64 confusion per image (rows = ground truth, cols = prediction), one bincount.
+
+    Ignored pixels go to one extra bin that is dropped, so no boolean indexing (which costs a
+    nonzero() and a gather over every pixel). ``pred_checked``: pred came from an argmax over
+    K classes, so its range check is skipped.
+    """
     if pred.shape != target.shape or target.dim() != 3:
         raise ValueError(f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} must both be (B,H,W)")
-    k = num_classes
+    k, b = num_classes, target.shape[0]
     valid = target != ignore_index
-    t, p = target[valid].long(), pred[valid].long()
-    if t.numel() and (t.min() < 0 or t.max() >= k):
-        raise ValueError(f"target labels must be in [0,{k}) or ignore_index={ignore_index}; "
-                         f"got range [{int(t.min())}, {int(t.max())}]")
-    if p.numel() and (p.min() < 0 or p.max() >= k):
-        raise ValueError(f"predicted labels must be in [0,{k}); got range [{int(p.min())}, {int(p.max())}]")
-    b = torch.arange(target.shape[0], device=target.device).view(-1, 1, 1).expand_as(target)[valid]
-    idx = (b * k + t) * k + p  # flat index into (B,K,K)
-    return torch.bincount(idx, minlength=target.shape[0] * k * k).view(-1, k, k)
+    _check_label_range(torch.where(valid, target, 0), k,
+                       f"target labels must be in [0,{k}) or ignore_index={ignore_index}")
+    if not pred_checked:
+        _check_label_range(pred, k, f"predicted labels must be in [0,{k})")
+    bins = b * k * k
+    dtype = torch.int32 if bins < 2**31 else torch.int64  # int32 halves the memory traffic
+    image = torch.arange(b, device=target.device, dtype=dtype).view(-1, 1, 1) * (k * k)
+    idx = torch.where(valid, image + target.to(dtype) * k + pred.to(dtype), bins)
+    return torch.bincount(idx.reshape(-1), minlength=bins + 1)[:bins].view(b, k, k)
 
 
 def confusion_matrix(pred_labels: Tensor, target: Tensor, num_classes: int, ignore_index: int = -1) -> Tensor:
@@ -71,7 +85,8 @@ def confusion_matrix(pred_labels: Tensor, target: Tensor, num_classes: int, igno
                 [0, 0]])
     """
     pred = _as_labels(pred_labels, num_classes)
-    return _per_image_confusion(pred, target, num_classes, ignore_index).sum(0)
+    return _per_image_confusion(pred, target, num_classes, ignore_index,
+                                pred_checked=pred_labels.is_floating_point()).sum(0)
 
 
 def iou_from_confusion(conf: Tensor) -> Tensor:
@@ -115,7 +130,8 @@ def legacy_miou_per_image(pred_labels: Tensor, target: Tensor, num_classes: int,
     NaN for an image without valid pixels.
     """
     pred = _as_labels(pred_labels, num_classes)
-    return _legacy_from_per_image(_per_image_confusion(pred, target, num_classes, ignore_index))
+    return _legacy_from_per_image(_per_image_confusion(pred, target, num_classes, ignore_index,
+                                                       pred_checked=pred_labels.is_floating_point()))
 
 
 # ----------------------------------------------------------------------------- depth
@@ -135,15 +151,19 @@ def depth_error_sums(pred: Tensor, target: Tensor, mask: Tensor | None = None,
     valid = target > 0
     if mask is not None:
         valid = valid & mask.reshape(target.shape).bool()
-    p, t = pred[valid].double(), target[valid].double()
-    d = p - t
+    # Elementwise in float32 over every pixel, with no boolean indexing (a nonzero() and a gather
+    # per call): invalid pixels get p = t = 1, so they add 0 to every error sum and exactly 1 to
+    # every ratio count, which is subtracted. Per-batch float32 sums, accumulated in float64.
+    n_valid = valid.sum()
+    n_invalid = valid.numel() - n_valid
+    p = torch.where(valid, pred.float(), 1.0)
+    t = torch.where(valid, target.float(), 1.0)
     pc = p.clamp_min(eps)
+    d = (p - t).abs()
     ratio = torch.maximum(pc / t, t / pc)
-    thr = 1.25 ** torch.arange(1, 4, dtype=torch.float64, device=p.device)
-    return torch.cat([torch.tensor([p.numel()], dtype=torch.float64, device=p.device),
-                      torch.stack([d.abs().sum(), (d.abs() / t).sum(), (d * d).sum(),
-                                   ((pc.log() - t.log()) ** 2).sum()]),
-                      (ratio[:, None] < thr).sum(0).double()])
+    sums = [d.sum(), (d / t).sum(), d.square().sum(), (pc.log() - t.log()).square().sum()]
+    counts = [(ratio < 1.25 ** k).sum() - n_invalid for k in (1, 2, 3)]
+    return torch.stack([n_valid.double()] + [x.double() for x in sums + counts])
 
 
 def _depth_metrics_from_sums(s: Tensor) -> dict[str, float]:
@@ -290,7 +310,8 @@ class SegmentationMeter(_Meter):
     def update(self, logits_or_labels: Tensor, target: Tensor) -> None:
         pred = _as_labels(logits_or_labels, self.num_classes)
         self._follow(target.device)
-        per_image = _per_image_confusion(pred, target, self.num_classes, self.ignore_index)
+        per_image = _per_image_confusion(pred, target, self.num_classes, self.ignore_index,
+                                         pred_checked=logits_or_labels.is_floating_point())
         self.confusion += per_image.sum(0)
         legacy = _legacy_from_per_image(per_image)
         ok = ~legacy.isnan()  # images without any valid pixel are skipped
