@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(PY) -m xtc report --preset demo
 
-# Train the quick synthetic config alone (CPU, ~3 min) -> runs/demo/<timestamp>/
+# Train the quick synthetic config alone (2-core CPU: ~1.5 min with native bf16, ~2.5 min without) -> runs/demo/<timestamp>/
 quick: setup
 	$(PY) -m xtc train --config configs/synthetic-quick.yaml --out $(RUN)
 

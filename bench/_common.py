@@ -146,16 +146,3 @@ def _jsonable(x):
     if isinstance(x, Path):
         return str(x)
     return str(x)
-
-
-def synthetic_batch(batch_size: int, height: int, width: int, num_classes: int = 7,
-                    seed: int = 0) -> dict:
-    """A batch of the synthetic city at ``height x width`` (real scenes, so the loss values
-    and the metric inputs are realistic), collated."""
-    from torch.utils.data import default_collate
-
-    from xtc.data import build_dataset
-
-    ds = build_dataset("synthetic-city", "train", height=height, width=width,
-                       train_size=max(2 * batch_size, 16), augment=False, seed=seed)
-    return default_collate([ds[i] for i in range(batch_size)])

@@ -5,11 +5,13 @@
 * ``.npy`` loading: a temporary MTAN-layout folder written by
   ``xtc.data.prepare.prepare_synthetic`` (``label_7``), read as ``cityscapes`` (classes=7)
   with augmentation (scale-crop + flip), item by item and through a ``DataLoader`` (batch 8)
-  with 0, 1 and 2 workers, interleaved (each full pass includes worker start-up).
+  with 0, 1 and 2 workers, interleaved (each full pass includes worker start-up), and as a
+  ``ResidentSplit`` (``data.resident``: the split stacked on the device once, every batch an
+  index gather plus one batched augmentation there; ``resident``).
 * Training: images/s of OUR step at the paper configuration (bench/train_step.py's step with
   ``--train-variant``), a few steps.
-* ``loader_images_per_s`` = the fastest DataLoader setting on the ``.npy`` folder (the
-  training path for real data); ``ratio`` = loader / training images/s. The training steps
+* ``loader_images_per_s`` = the fastest loading setting on the ``.npy`` folder (the
+  training path for real data; DataLoader or resident); ``ratio`` = loader / training images/s. The training steps
   alternate with full passes of that loader (``ratio_alternating`` uses those passes).
 """
 
@@ -29,6 +31,8 @@ from torch.utils.data import DataLoader  # noqa: E402
 from xtc import runtime  # noqa: E402
 from xtc.data import build_dataset  # noqa: E402
 from xtc.data.prepare import prepare_synthetic  # noqa: E402
+from xtc.data.resident import ResidentSplit  # noqa: E402
+from xtc.profiling import synthetic_batch  # noqa: E402
 
 
 def train_images_per_s(args, log, loader_pass) -> dict:
@@ -41,7 +45,7 @@ def train_images_per_s(args, log, loader_pass) -> dict:
     cfg = ts.make_config(ns)
     precision, cl, comp = ts.VARIANTS[args.train_variant]
     B, H, W = cfg.train.batch_size, cfg.data.height, cfg.data.width
-    batch = _common.synthetic_batch(B, H, W, 7, seed=args.seed)
+    batch = synthetic_batch(B, H, W, seed=args.seed)
     model = ts.build_model_from_config(cfg, 7)
     criterion = ts.build_criterion(cfg, model)
     step = ts.Stepper(args.train_variant, model, criterion, cfg, batch, torch.device("cpu"),
@@ -97,13 +101,15 @@ def run(args) -> dict:
             return lambda: [b for b in dl]
 
         worker_counts = [0, 1] if args.quick else [0, 1, 2]
+        resident = ResidentSplit(npy, "cuda" if torch.cuda.is_available() else "cpu")
         cands = {"items_augment": items(npy), "items_plain": items(npy_plain),
-                 **{f"loader_{w}_workers": loader(w) for w in worker_counts}}
+                 **{f"loader_{w}_workers": loader(w) for w in worker_counts},
+                 "resident": lambda: [b for b in resident.batches(range(m), B)]}
         t = _common.interleaved(cands, repeats, warmup=1)
         npy_result = {name: m / _common.median(v) for name, v in t.items()}
         npy_result["images"] = m
         log(f"npy: {npy_result}")
-        loader_keys = [f"loader_{w}_workers" for w in worker_counts]
+        loader_keys = [f"loader_{w}_workers" for w in worker_counts] + ["resident"]
         best_loader = max(loader_keys, key=lambda k_: npy_result[k_])
         train = train_images_per_s(args, log, cands[best_loader])
         # the loader rate measured alternately with the training steps

@@ -5,11 +5,14 @@
   rendered once beforehand so the time is the model + metrics + losses, not scene rendering
   (bench/data.py measures the loader).
 * Metric update: ``SegmentationMeter.update`` + ``DepthMeter.update`` on one batch of real
-  model outputs, against the authors'-style loop on the same tensors (for each image, for
-  each class: intersection and union from boolean masks; depth errors per image),
+  model outputs, against the authors'-style loop on the same tensors, computing the same
+  quantities (for each image, for each class: intersection and union from boolean masks;
+  pixel accuracy; per image the depth sums behind abs/rel/rmse/log-rmse/delta),
   interleaved, median of the rounds. The two are checked to agree (IoU sums, abs error).
   A second baseline copies the MTAN/authors' code literally (``torch.eq`` against freshly
   allocated class-id tensors, float masks): ``baseline_mtan_update_ms``.
+* ``labels_ms``: ``seg_logits.max(1).indices`` alone, the step every mIoU starts with (our
+  meters and both baselines): a floor under any eager metric update on this device.
 * ``metric_fraction_of_eval`` = (metric update time per batch x batches) / evaluation time.
 """
 
@@ -33,12 +36,15 @@ from xtc.train import evaluate  # noqa: E402
 
 
 def loop_baseline(seg_logits, seg_target, depth_pred, depth_target, num_classes,
-                  ignore_index=-1) -> dict:
-    """The authors' style: per image, per class, boolean masks; depth errors per image."""
-    pred = seg_logits.argmax(1)
+                  ignore_index=-1, eps=1e-6) -> dict:
+    """The authors' style, computing what our two meters compute: per image, per class,
+    boolean masks for intersection and union (dataset and legacy per-image mIoU), pixel
+    accuracy, and per image the depth sums (abs, rel, squared, squared log, delta < 1.25^k).
+    Labels via ``torch.max(dim=1)`` as in the MTAN code (``argmax`` is ~8x slower on CPU)."""
+    pred = torch.max(seg_logits, dim=1).indices
     inter_sum, union_sum, correct, total = 0.0, 0.0, 0.0, 0.0
     ious = []
-    abs_sum, rel_sum, count = 0.0, 0.0, 0.0
+    depth = dict.fromkeys(("count", "abs", "rel", "sq", "log_sq", "d1", "d2", "d3"), 0.0)
     for b in range(pred.shape[0]):
         valid = seg_target[b] != ignore_index
         p, t = pred[b], seg_target[b]
@@ -56,12 +62,21 @@ def loop_baseline(seg_logits, seg_target, depth_pred, depth_target, num_classes,
         total += float(valid.sum())
         ious.append(sum(image_iou) / len(image_iou) if image_iou else float("nan"))
         dmask = depth_target[b] > 0
-        d = depth_pred[b][dmask] - depth_target[b][dmask]
-        abs_sum += float(d.abs().sum())
-        rel_sum += float((d.abs() / depth_target[b][dmask]).sum())
-        count += float(dmask.sum())
+        dp, dt = depth_pred[b][dmask].double(), depth_target[b][dmask].double()
+        d, pc = dp - dt, dp.clamp_min(eps)
+        ratio = torch.maximum(pc / dt, dt / pc)
+        depth["count"] += float(dmask.sum())
+        depth["abs"] += float(d.abs().sum())
+        depth["rel"] += float((d.abs() / dt).sum())
+        depth["sq"] += float((d * d).sum())
+        depth["log_sq"] += float(((pc.log() - dt.log()) ** 2).sum())
+        for k in (1, 2, 3):
+            depth[f"d{k}"] += float((ratio < 1.25 ** k).sum())
+    n = depth["count"]
     return {"inter_sum": inter_sum, "union_sum": union_sum, "pixel_acc": correct / total,
-            "miou_per_image": ious, "abs_err": abs_sum / count, "rel_err": rel_sum / count}
+            "miou_per_image": ious, "abs_err": depth["abs"] / n, "rel_err": depth["rel"] / n,
+            "rmse": (depth["sq"] / n) ** 0.5, "log_rmse": (depth["log_sq"] / n) ** 0.5,
+            "delta1": depth["d1"] / n, "delta3": depth["d3"] / n}
 
 
 def mtan_style_baseline(seg_logits, seg_target, depth_pred, depth_target, num_classes) -> dict:
@@ -150,6 +165,9 @@ def run(args) -> dict:
     def consistency():
         ConsistencyMeter(7).update(pred, depth_mask=dm, seg_valid=st >= 0)
 
+    def labels():  # the first thing any mIoU needs: class labels from the logits
+        seg.max(1).indices
+
     def baseline():
         loop_baseline(seg, st, dp, dt, 7)
 
@@ -158,7 +176,7 @@ def run(args) -> dict:
 
     repeats = 2 if args.quick else args.repeats
     times = _common.interleaved({"ours": ours, "baseline": baseline, "baseline_mtan": baseline_mtan,
-                                 "consistency": consistency}, repeats, warmup=1)
+                                 "consistency": consistency, "labels": labels}, repeats, warmup=1)
     ours_ms = _common.median(times["ours"]) * 1e3
     base_ms = _common.median(times["baseline"]) * 1e3
     cons_ms = _common.median(times["consistency"]) * 1e3
@@ -172,10 +190,13 @@ def run(args) -> dict:
     inter = float(conf.diagonal().sum())
     union = float((conf.sum(0) + conf.sum(1) - conf.diagonal()).sum())
     ref = loop_baseline(seg, st, dp, dt, 7)
+    seg_m, depth_m = sm.compute(), dmtr.compute()
     agree = {"inter_sum": [inter, ref["inter_sum"]], "union_sum": [union, ref["union_sum"]],
-             "abs_err": [dmtr.compute()["abs_err"], ref["abs_err"]],
-             "pixel_acc": [sm.compute()["pixel_acc"], ref["pixel_acc"]]}
-    agree_ok = all(abs(a - b) <= 1e-6 * max(1.0, abs(b)) for a, b in agree.values())
+             "pixel_acc": [seg_m["pixel_acc"], ref["pixel_acc"]],
+             "miou_legacy": [seg_m["miou_legacy"], sum(ref["miou_per_image"]) / len(ref["miou_per_image"])],
+             **{k: [depth_m[k], ref[k]] for k in ("abs_err", "rel_err", "rmse", "log_rmse", "delta1", "delta3")}}
+    # the meters compute depth terms in float32 per pixel (float64 sums), the loop in float64
+    agree_ok = all(abs(a - b) <= 1e-5 * max(1.0, abs(b)) for a, b in agree.values())
 
     info = _common.machine_info()
     metric_total_s = ours_ms / 1e3 * batches
@@ -193,6 +214,7 @@ def run(args) -> dict:
         "speedup_vs_mtan_style": mtan_ms / ours_ms,
         "metric_fraction_of_eval": metric_total_s / eval_s,
         "consistency_update_ms": cons_ms,
+        "labels_ms": _common.median(times["labels"]) * 1e3,
         "metric_plus_consistency_fraction_of_eval": (ours_ms + cons_ms) / 1e3 * batches / eval_s,
         "agreement": agree, "agreement_ok": agree_ok,
         "metric_times_ms": {k: [t * 1e3 for t in v] for k, v in times.items()},

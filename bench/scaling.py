@@ -1,14 +1,15 @@
 """Step time of OUR training step against resolution and batch size (one process).
 
-Resolutions 64x128, 128x256, 256x512 x batch sizes 2, 4, 8, the paper model, the step of
-bench/train_step.py with ``--variant`` (default bf16-cl). Each (resolution, batch) cell gets
-a fresh copy of the same initial weights, one warm-up step, then ``--repeats`` steps back to
-back; ``ms_per_step`` is the fastest (least disturbed by other processes on a shared
-machine), ``ms_per_step_median`` the median. A first version interleaved all cells round by
-round: with 8 model copies alive and every round switching shapes, the same cell varied 8x
-between rounds, so the cells run one after the other. On a CPU the largest cells are
-skipped to keep the run near 3 minutes: cells with batch x pixels above ``--max-cost``
-(default 4 x 256 x 512) are listed in ``skipped``. ``--quick`` times 2 small cells of a small model once.
+Resolutions 64x128, 128x256, 256x512 x batch sizes 2, 4, 8, the paper model, with the
+settings of ``--variant`` from bench/train_step.py (default bf16-cl), measured by
+:func:`xtc.profiling.scaling_grid` (the same code as notebooks/06_scaling.ipynb): each cell
+trains a fresh copy of the same initial weights, one warm-up step, then ``--repeats`` steps
+back to back; ``ms_per_step`` is the fastest (least disturbed by other processes),
+``ms_per_step_median`` the median. The cells run one after the other: an earlier version
+interleaved them round by round, and with 8 model copies alive and every round switching
+shapes the same cell varied 8x between rounds. On a CPU the largest cells are skipped to keep
+the run near 3 minutes: cells with batch x pixels above ``--max-cost`` (default 4 x 256 x 512)
+are listed in ``skipped``. ``--quick`` times 2 small cells of a small model once.
 """
 
 from __future__ import annotations
@@ -22,54 +23,31 @@ import _common  # noqa: E402
 import torch  # noqa: E402
 
 import train_step as ts  # noqa: E402
+from xtc.profiling import scaling_grid  # noqa: E402
 
 
 def run(args) -> dict:
     log = lambda m: _common.log(m, args.json)  # noqa: E731
-    torch.manual_seed(args.seed)
-    p = _common.parser("")
-    ns = p.parse_args(["--quick"] if args.quick else [])
+    ns = _common.parser("").parse_args(["--quick"] if args.quick else [])
     ns.config, ns.set, ns.batch_size, ns.height, ns.width = None, None, None, None, None
     cfg = ts.make_config(ns)
+    precision, channels_last, compiled = ts.VARIANTS[args.variant]
+    if compiled:
+        raise SystemExit(f"--variant {args.variant}: the scaling grid times eager steps; "
+                         f"choose one of fp32, fp32-cl, bf16, bf16-cl")
+    cfg.train.precision, cfg.train.channels_last = precision, channels_last
     if args.quick:
-        resolutions, batches, max_cost, repeats = [(64, 128)], [1, 2], 10 ** 9, 1
+        resolutions, batches, max_cost, repeats = [(64, 128)], [1, 2], None, 1
     else:
         resolutions = [tuple(int(v) for v in r.split("x")) for r in args.resolutions.split(",")]
         batches = [int(b) for b in args.batch_sizes.split(",")]
-        max_cost, repeats = args.max_cost, args.repeats
-    precision, cl, comp = ts.VARIANTS[args.variant]
-    model = ts.build_model_from_config(cfg, 7)
-    criterion = ts.build_criterion(cfg, model)
-    device = torch.device("cpu") if not torch.cuda.is_available() else torch.device("cuda")
-    skipped, rows = [], []
-    data_cache = {}
-    for (h, w) in resolutions:
-        for b in batches:
-            name = f"{h}x{w}_b{b}"
-            if b * h * w > max_cost and device.type == "cpu":
-                skipped.append(name)
-                continue
-            if (h, w) not in data_cache:
-                data_cache[(h, w)] = _common.synthetic_batch(max(batches), h, w, 7, args.seed)
-            batch = {k: v[:b].to(device) for k, v in data_cache[(h, w)].items()}
-            # a fresh copy of the same initial weights per cell, freed after it (memory);
-            # one warm-up step, then ``repeats`` steps back to back (oneDNN primitives of one
-            # shape stay hot); min = least disturbed by the other processes, median reported too
-            step = ts.Stepper(name, model, criterion, cfg, batch, device, precision, cl, comp)
-            step()
-            times = [_common.timed(step) for _ in range(repeats)]
-            del step
-            ms, ms_median = min(times) * 1e3, _common.median(times) * 1e3
-            rows.append({"height": h, "width": w, "batch_size": b, "ms_per_step": ms,
-                         "ms_per_step_median": ms_median,
-                         "images_per_s": b / (ms / 1e3),
-                         "megapixels_per_s": b * h * w / 1e6 / (ms / 1e3),
-                         "times_ms": [t * 1e3 for t in times]})
-            log(f"{name}: {[round(t * 1e3) for t in times]} ms")
+        max_cost = args.max_cost if not torch.cuda.is_available() else None
+        repeats = args.repeats
+    grid = scaling_grid(cfg, resolutions, batches, repeats, max_cost, args.seed, log)
     info = _common.machine_info()
-    return {"rows": rows, "skipped": skipped,
+    return {**grid,
             "skipped_reason": (f"batch x pixels > {max_cost} skipped on CPU to keep the run "
-                               f"short (pass --max-cost to include them)") if skipped else None,
+                               f"short (pass --max-cost to include them)") if grid["skipped"] else None,
             "variant": args.variant, "repeats": repeats,
             "estimator": "min of the repeats (median in ms_per_step_median)",
             "device": info["device"], "threads": torch.get_num_threads(),

@@ -36,6 +36,7 @@ from xtc import config as xconfig  # noqa: E402
 from xtc.losses import build_criterion  # noqa: E402
 from xtc.losses.weighting import FixedWeighting, UncertaintyWeighting  # noqa: E402
 from xtc.models import build_model_from_config  # noqa: E402
+from xtc.profiling import synthetic_batch  # noqa: E402
 from xtc.train import forward_losses, optimizer_step  # noqa: E402
 
 VARIANTS = {  # name: (precision, channels_last, compile)
@@ -163,7 +164,7 @@ def run(args) -> dict:
     B, H, W = cfg.train.batch_size, cfg.data.height, cfg.data.width
     num_classes = cfg.data.classes if cfg.data.name == "cityscapes" else 7
     batch = {k: v.to(device) for k, v in
-             _common.synthetic_batch(B, H, W, num_classes, seed=args.seed).items()}
+             synthetic_batch(B, H, W, seed=args.seed).items()}
     model = build_model_from_config(cfg, num_classes).to(device)
     criterion = build_criterion(cfg, model).to(device)
     names = [v for v in args.variants.split(",") if v]

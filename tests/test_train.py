@@ -178,3 +178,26 @@ def test_without_out_dir_the_returned_model_is_the_selected_one(tiny_config, tmp
     assert in_memory.best_epoch == on_disk.best_epoch == 1
     assert _same(_weights(in_memory.model), _weights(on_disk.model))
     assert in_memory.test_metrics == on_disk.test_metrics
+
+
+@pytest.mark.parametrize("native, expected", [(True, "bf16"), (False, "fp32")])
+def test_auto_precision_is_bf16_only_where_the_cpu_has_it(monkeypatch, native, expected):
+    from xtc import runtime
+
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: native)
+    cpu = torch.device("cpu")
+    assert runtime.resolve_precision("auto", cpu) == expected
+    assert runtime.resolve_precision("fp32", cpu) == "fp32"  # explicit choices are kept
+    assert runtime.resolve_precision("bf16", cpu) == "bf16"
+
+
+def test_bf16_channels_last_run_trains_and_records_the_precision_used(tiny_config, tmp_path):
+    cfg = tiny_config("train.precision=bf16", "train.channels_last=true", "train.epochs=1",
+                      "train.max_steps_per_epoch=2")
+    run = train.fit(cfg, out_dir=tmp_path, progress=False)
+    doc = json.loads((tmp_path / "results.json").read_text())
+    assert doc["provenance"]["precision"] == "bf16" and doc["params"]["train.precision"] == "bf16"
+    assert all(torch.isfinite(torch.tensor(v)) for k, v in run.test_metrics.items()
+               if k in ("miou", "abs_err", "loss_seg", "loss_depth"))
+    # the weights stay fp32 (autocast computes in bf16, the optimiser updates fp32 masters)
+    assert all(p.dtype == torch.float32 for p in run.model.parameters())

@@ -16,7 +16,7 @@ __version__ = "0.1.0"
 
 _SUBMODULES = ("config", "registry", "runtime", "results", "checkpoint", "data", "models",
                "losses", "metrics", "baselines", "train", "distributed", "landscape",
-               "alignment", "summary", "report", "viz", "cli")
+               "alignment", "profiling", "summary", "report", "viz", "cli")
 
 
 def __getattr__(name: str):

@@ -29,7 +29,7 @@ DEPTH_LOSSES = ("l1", "mse", "logl1", "smoothl1")
 SEG2DEPTH_LOSSES = ("l1", "ssim")
 DEPTH2SEG_LOSSES = ("ce", "kl")
 UNCERTAINTY_FORMS = ("kendall", "authors")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "auto")
 
 
 class ConfigError(ValueError):
@@ -48,6 +48,7 @@ class DataConfig:
     val_fraction: float = 0.1  # share of the train pool carved out for model selection
     augment: bool = True  # scale-crop (1.0/1.2/1.5) + horizontal flip on the train split
     num_workers: int = 0  # DataLoader worker processes
+    resident: bool = False  # hold each split on the training device, batch + augment there (no DataLoader)
     seed: int = 0  # synthetic-city scene seed and the train/val split seed
 
 
@@ -94,7 +95,7 @@ class TrainConfig:
     batch_size: int = 8
     seed: int = 0  # python, numpy, torch and loader workers
     device: str = "auto"  # auto (CUDA when present) | cpu | cuda | cuda:N
-    precision: str = "fp32"  # fp32 | bf16 (autocast)
+    precision: str = "fp32"  # fp32 | bf16 (autocast) | auto (bf16 where the device has it natively)
     channels_last: bool = False  # NHWC memory layout for the convolutions
     sync_batchnorm: bool = True  # with torchrun: BatchNorm statistics over the global batch
     select: str = "val_loss"  # model selection on the val split: val_loss | miou | abs_err | ...

@@ -27,6 +27,7 @@ from xtc import checkpoint, distributed, results, runtime
 from xtc.config import Config, flatten
 from xtc.config import from_dict as config_from_dict
 from xtc.data import build_dataset_from_config
+from xtc.data.resident import ResidentSplit
 from xtc.losses import build_criterion
 from xtc.metrics import ConsistencyMeter, DepthMeter, SegmentationMeter, higher_is_better
 from xtc.models import build_model_from_config
@@ -102,6 +103,8 @@ def fit(config: Config, out_dir: str | Path | None = None, resume: bool = False,
         raise ValueError(f"the train split has {len(train_set)} images, fewer than "
                          f"train.batch_size={cfg.train.batch_size}: no full batch to train on; "
                          f"lower train.batch_size or use more data")
+    train_data, val_data, test_data = ((ResidentSplit(d, device) for d in (train_set, val_set, test_set))
+                                       if cfg.data.resident else (train_set, val_set, test_set))
     model = build_model_from_config(cfg, num_classes=train_set.num_classes).to(device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -134,13 +137,13 @@ def fit(config: Config, out_dir: str | Path | None = None, resume: bool = False,
         for epoch in range(state["epoch"], cfg.train.epochs):
             state["epoch"] = epoch
             runtime.seed_everything(runtime.derive_seed(cfg.train.seed, epoch))
-            train_set.set_epoch(epoch)
-            train_losses = train_one_epoch(net, criterion, optimizer, train_set, device, cfg,
+            train_data.set_epoch(epoch)
+            train_losses = train_one_epoch(net, criterion, optimizer, train_data, device, cfg,
                                            state, save=lambda: save("last.pt"), stop=stop,
                                            progress=progress and ctx.is_main, ctx=ctx)
             scheduler.step()
             criterion.end_epoch()
-            val_metrics = evaluate(model, _loader(val_set, cfg, ctx=ctx), criterion, device,
+            val_metrics = evaluate(model, _loader(val_data, cfg, ctx=ctx), criterion, device,
                                    cfg.train.precision, ctx=ctx)
             state["history"].append({"epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
                                      **{f"train_{k}": v for k, v in train_losses.items()},
@@ -163,7 +166,7 @@ def fit(config: Config, out_dir: str | Path | None = None, resume: bool = False,
     run = Run(config=cfg, model=model, out_dir=out_dir, history=state["history"],
               best_epoch=state["best_epoch"],
               val_metrics={k[4:]: v for k, v in best.items() if k.startswith("val_")},
-              test_metrics=evaluate(model, _loader(test_set, cfg, ctx=ctx), criterion, device,
+              test_metrics=evaluate(model, _loader(test_data, cfg, ctx=ctx), criterion, device,
                                     cfg.train.precision, ctx=ctx),
               wall_time_s=time.perf_counter() - start)
     if out_dir is not None and ctx.is_main:
@@ -356,7 +359,8 @@ def write_results(run: Run, train_set, device: torch.device, world: int = 1) -> 
         best_epoch=run.best_epoch,
         wall_time_s=run.wall_time_s,
         provenance={**runtime.provenance(device), "dataset_fingerprint": train_set.fingerprint(),
-                    "world_size": world},
+                    "world_size": world,
+                    "precision": runtime.resolve_precision(cfg.train.precision, device)},
     )
 
 
@@ -382,7 +386,7 @@ def _loader(dataset, cfg: Config, shuffle: bool = False, epoch: int = 0, start_s
     """Training order is a permutation seeded by (train.seed, epoch); ``start_step`` skips
     the batches already trained on, without loading them (exact mid-epoch resume). With
     several ranks, rank r takes slice r of every global batch (train) or every world-th
-    image (evaluation)."""
+    image (evaluation). A :class:`ResidentSplit` yields the same batches from the device."""
     batch_size = cfg.train.batch_size if shuffle else (cfg.train.eval_batch_size
                                                        or cfg.train.batch_size)
     local = batch_size // ctx.world if shuffle else batch_size
@@ -393,6 +397,8 @@ def _loader(dataset, cfg: Config, shuffle: bool = False, epoch: int = 0, start_s
         order = torch.randperm(len(dataset), generator=generator)[:steps * batch_size]
         order = order.view(steps, ctx.world, local)[:, ctx.rank].flatten()
         order = order[start_step * local:].tolist()
+    if isinstance(dataset, ResidentSplit):
+        return dataset.batches(order if order is not None else range(len(dataset)), local)
     return DataLoader(dataset, batch_size=local, sampler=order, drop_last=shuffle,
                       num_workers=cfg.data.num_workers, worker_init_fn=runtime.worker_init_fn,
                       pin_memory=torch.cuda.is_available())

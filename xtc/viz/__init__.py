@@ -20,7 +20,7 @@ _EXPORTS = {
     "colorize_seg": "plots", "seg_palette": "plots", "show_samples": "plots",
     "show_predictions": "plots", "plot_history": "plots", "class_balance": "plots",
     "plot_class_balance": "plots", "plot_depth_histogram": "plots",
-    "plot_depth_per_class": "plots", "pixel_table": "plots",
+    "plot_depth_per_class": "plots", "pixel_table": "plots", "plot_scaling": "plots",
     "show_source": "source",
     "load_run": "explorer", "LoadedRun": "explorer", "predict": "explorer",
     "panel_names": "explorer", "render": "explorer", "static_gallery": "explorer",

@@ -178,6 +178,27 @@ def plot_depth_per_class(dataset, n: Optional[int] = None):
     return fig
 
 
+def plot_scaling(rows: list[dict]):
+    """Training-step cost from :func:`xtc.profiling.scaling_grid` rows: ms per step against
+    batch size (one line per resolution, log-log: slope 1 = cost proportional to the batch)
+    and the throughput in megapixels/s (flat = no gain from bigger batches)."""
+    fig = figure((10, 3.5))
+    ax_ms, ax_px = fig.subplots(1, 2)
+    for (h, w) in sorted({(r["height"], r["width"]) for r in rows}):
+        cells = sorted((r for r in rows if (r["height"], r["width"]) == (h, w)),
+                       key=lambda r: r["batch_size"])
+        batch = [r["batch_size"] for r in cells]
+        ax_ms.plot(batch, [r["ms_per_step"] for r in cells], marker="o", label=f"{h}x{w}")
+        ax_px.plot(batch, [r["megapixels_per_s"] for r in cells], marker="o", label=f"{h}x{w}")
+    ax_ms.set(xscale="log", yscale="log", xlabel="batch size", ylabel="ms per step",
+              title="step time")
+    ax_px.set(xscale="log", xlabel="batch size", ylabel="megapixels / s", title="throughput")
+    for ax in (ax_ms, ax_px):
+        ax.legend(title="resolution", fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 # --------------------------------------------------------------------------- helpers
 
 
