@@ -105,16 +105,17 @@ def scaling_grid(cfg: Config, resolutions: Sequence[tuple[int, int]], batch_size
 
 
 def fit_cost_model(rows: Sequence[dict]) -> dict:
-    """Least-squares fit ``ms_per_step = fixed_ms + ms_per_megapixel * batch * H * W / 1e6``
-    over the grid rows: the per-step overhead and the marginal cost of a megapixel, with the
-    largest relative error of the fit (large = cost is not linear in pixels on this device)."""
+    """Fit ``ms_per_step = fixed_ms + ms_per_megapixel * batch * H * W / 1e6`` to the grid
+    rows, minimising the *relative* error (so the small cells count as much as the large
+    ones): the per-step overhead and the marginal cost of a megapixel, with the largest
+    relative error of the fit (large = cost is not linear in pixels on this device)."""
     if len({r["batch_size"] * r["height"] * r["width"] for r in rows}) < 2:
         raise ValueError("fit_cost_model needs rows with at least two different batch x pixel counts")
     mpx = torch.tensor([r["batch_size"] * r["height"] * r["width"] / 1e6 for r in rows],
                        dtype=torch.float64)
     ms = torch.tensor([r["ms_per_step"] for r in rows], dtype=torch.float64)
-    design = torch.stack([torch.ones_like(mpx), mpx], 1)
-    fixed, slope = torch.linalg.lstsq(design, ms[:, None]).solution[:, 0].tolist()
+    design = torch.stack([torch.ones_like(mpx), mpx], 1) / ms[:, None]
+    fixed, slope = torch.linalg.lstsq(design, torch.ones_like(ms)[:, None]).solution[:, 0].tolist()
     predicted = fixed + slope * mpx
     return {"fixed_ms": fixed, "ms_per_megapixel": slope,
             "max_relative_error": float(((predicted - ms).abs() / ms).max())}
