@@ -54,3 +54,11 @@ def test_a_resident_run_matches_the_dataloader_run(tiny_config):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=name)
     for key in ("miou", "abs_err"):
         assert resident_run.test_metrics[key] == pytest.approx(loader_run.test_metrics[key], abs=1e-4)
+
+
+def test_a_split_too_big_for_the_device_is_refused_with_the_fix():
+    from xtc.data.resident import check_fits
+
+    check_fits(4 * 2**30, 10 * 2**30, "the train split", torch.device("cuda"))  # 40%: fine
+    with pytest.raises(MemoryError, match=r"needs 6.00 GiB.*data.resident=false"):
+        check_fits(6 * 2**30, 10 * 2**30, "the train split", torch.device("cuda"))

@@ -21,7 +21,18 @@ from torch.utils.data import default_collate
 from xtc.data.mtan import SplitDataset
 from xtc.data.transforms import AugmentParams, apply_params, item_generator, sample_params
 
-__all__ = ["ResidentSplit"]
+__all__ = ["ResidentSplit", "check_fits"]
+
+HEADROOM = 0.5  # the split may take at most this share of the free device memory
+
+
+def check_fits(nbytes: int, free_bytes: int, what: str, device: torch.device) -> None:
+    """Refuse a split that would leave too little device memory for training."""
+    if nbytes > HEADROOM * free_bytes:
+        raise MemoryError(f"data.resident: {what} needs {nbytes / 2**30:.2f} GiB on {device}, "
+                          f"more than {HEADROOM:.0%} of the {free_bytes / 2**30:.2f} GiB free "
+                          f"(the model needs the rest); set data.resident=false to stream it "
+                          f"with a DataLoader, or use a smaller resolution")
 
 
 class ResidentSplit:
@@ -39,7 +50,12 @@ class ResidentSplit:
         self.dataset, self.device = dataset, torch.device(device)
         self.epoch = dataset.epoch
         items = default_collate([dataset.read(int(i)) for i in dataset.indices])
-        self.tensors = {k: v.to(self.device) for k, v in items.items() if torch.is_tensor(v)}
+        items = {k: v for k, v in items.items() if torch.is_tensor(v)}
+        if self.device.type == "cuda":
+            check_fits(sum(v.numel() * v.element_size() for v in items.values()),
+                       torch.cuda.mem_get_info(self.device)[0], f"the {dataset.split} split",
+                       self.device)
+        self.tensors = {k: v.to(self.device) for k, v in items.items()}
         self.height, self.width = self.tensors["image"].shape[-2:]
 
     def __len__(self) -> int:
