@@ -19,13 +19,13 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from .config import Config
-from .data import build_dataset
-from .data.synthetic import CLASS_NAMES
-from .losses import build_criterion
-from .models import build_model_from_config
-from .runtime import choose_device
-from .train import build_optimizer, forward_losses, optimizer_step
+from xtc.config import Config
+from xtc.data import build_dataset
+from xtc.data.synthetic import CLASS_NAMES
+from xtc.losses import build_criterion
+from xtc.models import build_model_from_config
+from xtc.runtime import choose_device
+from xtc.train import build_optimizer, forward_losses, optimizer_step
 
 __all__ = ["synthetic_batch", "time_training_step", "scaling_grid", "fit_cost_model"]
 
@@ -86,8 +86,7 @@ def scaling_grid(cfg: Config, resolutions: Sequence[tuple[int, int]], batch_size
     model = build_model_from_config(cfg, num_classes=len(CLASS_NAMES)).to(device)
     rows, skipped = [], []
     for h, w in resolutions:
-        largest = max(b for b in batch_sizes)
-        scenes = synthetic_batch(largest, h, w, seed)
+        scenes = synthetic_batch(max(batch_sizes), h, w, seed)
         for b in batch_sizes:
             if max_pixels is not None and b * h * w > max_pixels:
                 skipped.append(f"{h}x{w}_b{b}")

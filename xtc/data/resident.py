@@ -61,11 +61,6 @@ class ResidentSplit:
     def __len__(self) -> int:
         return len(self.dataset)
 
-    @property
-    def nbytes(self) -> int:
-        """Device memory the split occupies."""
-        return sum(t.numel() * t.element_size() for t in self.tensors.values())
-
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
