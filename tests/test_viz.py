@@ -123,3 +123,13 @@ def test_plot_history(run_dirs):
     history = results.read(run_dirs["xtc"] / "results.json")["history"]
     fig = plots.plot_history(history)
     assert len(fig.axes) == 2 and fig.axes[0].lines
+
+
+def test_runs_root_follows_the_environment(monkeypatch, tmp_path):
+    import xtc.viz
+
+    monkeypatch.setenv("XTC_RUNS_DIR", str(tmp_path))
+    out = xtc.viz.output_dir(None, "01_data")
+    assert out.parent == tmp_path / "01_data" and out.is_dir()
+    monkeypatch.delenv("XTC_RUNS_DIR")
+    assert xtc.viz.runs_root() == xtc.viz.repo_path("runs")

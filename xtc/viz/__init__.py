@@ -13,6 +13,7 @@ Examples:
 from __future__ import annotations
 
 import importlib
+import os
 from pathlib import Path
 
 # public name -> submodule that defines it (resolved on first access, see __getattr__)
@@ -28,7 +29,7 @@ _EXPORTS = {
 }
 _SUBMODULES = ("plots", "source", "explorer")
 
-__all__ = sorted([*_EXPORTS, "repo_path", "output_dir"])
+__all__ = sorted([*_EXPORTS, "repo_path", "runs_root", "output_dir"])
 
 
 def repo_path(*parts: str) -> Path:
@@ -42,21 +43,28 @@ def repo_path(*parts: str) -> Path:
     return (root.joinpath(*parts) if parts else root).resolve()
 
 
+def runs_root() -> Path:
+    """Where notebooks write their runs and look for earlier ones by default: the
+    ``XTC_RUNS_DIR`` environment variable if set (the test suite points it at a temporary
+    folder), else the repository's git-ignored ``runs/``."""
+    return Path(os.environ["XTC_RUNS_DIR"]) if os.environ.get("XTC_RUNS_DIR") else repo_path("runs")
+
+
 def output_dir(out_dir: str | Path | None = None, name: str = "notebook") -> Path:
     """Folder a notebook writes into, created if needed.
 
-    ``None`` (the notebooks' default) means a fresh ``runs/<name>/<timestamp>`` folder in the
-    repository (``runs/`` is git-ignored), so re-running a notebook never collides with an
-    earlier run; a given path is used as is (relative to the working directory).
+    ``None`` (the notebooks' default) means a fresh ``<runs_root()>/<name>/<timestamp>``
+    folder, so re-running a notebook never collides with an earlier run; a given path is used
+    as is (relative to the working directory).
     """
     import time
 
     if out_dir is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        out_dir = repo_path("runs", name, stamp)
+        out_dir = runs_root() / name / stamp
         suffix = 1
         while out_dir.exists():  # two runs in the same second
-            out_dir, suffix = repo_path("runs", name, f"{stamp}-{suffix}"), suffix + 1
+            out_dir, suffix = runs_root() / name / f"{stamp}-{suffix}", suffix + 1
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     return out_dir
