@@ -14,6 +14,10 @@
 * ``labels_ms``: ``seg_logits.max(1).indices`` alone, the step every mIoU starts with (our
   meters and both baselines): a floor under any eager metric update on this device.
 * ``metric_fraction_of_eval`` = (metric update time per batch x batches) / evaluation time.
+* ``--compile``: also times :func:`fused_update_terms` under ``torch.compile`` (inductor), the
+  same per-batch work as the two meters in one graph (labels, confusion bin indices, the depth
+  sums) followed by one eager bincount. xtc does not ship it: it is the ceiling of what fusing
+  gives on this device, to compare the eager meters and the 50x target of issue #4 with.
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ from torch.utils.data import DataLoader  # noqa: E402
 from xtc import config as xconfig  # noqa: E402
 from xtc.data import build_dataset  # noqa: E402
 from xtc.losses import build_criterion  # noqa: E402
-from xtc.metrics import ConsistencyMeter, DepthMeter, SegmentationMeter  # noqa: E402
+from xtc.metrics import (DEPTH_EPS, ConsistencyMeter, DepthMeter, SegmentationMeter,  # noqa: E402
+                         depth_error_sums)
 from xtc.models import build_model_from_config  # noqa: E402
 from xtc.train import evaluate  # noqa: E402
 
@@ -108,6 +113,37 @@ def mtan_style_baseline(seg_logits, seg_target, depth_pred, depth_target, num_cl
     return {"miou_per_image": ious, "abs_err": abs_err, "rel_err": rel_err}
 
 
+def fused_update_terms(seg_logits, seg_target, depth_pred, depth_target, depth_mask,
+                       ignore_index=-1, eps=DEPTH_EPS):
+    """What one ``SegmentationMeter.update`` + ``DepthMeter.update`` computes, as one graph
+    for ``torch.compile``: the per-image confusion bin of every pixel (int32, B*K*K for ignored
+    pixels; labels by a running first maximum over the K channels, the rule of
+    ``max(1).indices``) and :func:`xtc.metrics.depth_error_sums`. No range checks and no
+    bincount: those are data-dependent and break the graph."""
+    b, k = seg_logits.shape[:2]
+    best, labels = seg_logits[:, 0], torch.zeros_like(seg_target)
+    for c in range(1, k):
+        x = seg_logits[:, c]
+        higher = x > best
+        best, labels = torch.where(higher, x, best), torch.where(higher, c, labels)
+    image = torch.arange(b, device=seg_target.device).view(-1, 1, 1) * (k * k)
+    bins = torch.where(seg_target != ignore_index, image + seg_target * k + labels, b * k * k)
+    return bins.to(torch.int32), depth_error_sums(depth_pred, depth_target, depth_mask, eps)
+
+
+def compiled_update(seg_logits, seg_target, depth_pred, depth_target, depth_mask):
+    """``torch.compile(fused_update_terms)`` + the bincount: returns a function of no
+    arguments (the timed candidate) giving the (B,K,K) confusion and the depth sums."""
+    fused = torch.compile(fused_update_terms, dynamic=False)
+    b, k = seg_logits.shape[:2]
+
+    def update():
+        bins, sums = fused(seg_logits, seg_target, depth_pred, depth_target, depth_mask)
+        counts = torch.bincount(bins.reshape(-1), minlength=b * k * k + 1)[:b * k * k]
+        return counts.view(b, k, k), sums
+    return update
+
+
 class Rendered(torch.utils.data.Dataset):
     """A dataset rendered once into memory (so evaluation time excludes scene rendering)."""
 
@@ -174,13 +210,37 @@ def run(args) -> dict:
     def baseline_mtan():
         mtan_style_baseline(seg, st, dp, dt, 7)
 
+    candidates = {"ours": ours, "baseline": baseline, "baseline_mtan": baseline_mtan,
+                  "consistency": consistency, "labels": labels}
+    compiled = None
+    if args.compile:
+        log("compiling the fused metric update (inductor)")
+        fused = compiled_update(seg, st, dp, dt, dm)
+        first_s = _common.timed(fused)  # compilation included
+        conf, sums = fused()
+        per_image = []  # the meters' confusion of each image, to compare with the fused bins
+        for i in range(seg.shape[0]):
+            meter = SegmentationMeter(7)
+            meter.update(seg[i:i + 1], st[i:i + 1])
+            per_image.append(meter.confusion)
+        ref_depth = DepthMeter()
+        ref_depth.update(dp, dt, dm)
+        # float32 depth sums: inductor reduces in another order than eager
+        compiled = {"first_call_s": first_s,
+                    "agrees": bool(torch.equal(conf, torch.stack(per_image))
+                                   and torch.allclose(sums, ref_depth.sums, rtol=1e-5))}
+        candidates["compiled"] = fused
+
     repeats = 2 if args.quick else args.repeats
-    times = _common.interleaved({"ours": ours, "baseline": baseline, "baseline_mtan": baseline_mtan,
-                                 "consistency": consistency, "labels": labels}, repeats, warmup=1)
+    times = _common.interleaved(candidates, repeats, warmup=1)
     ours_ms = _common.median(times["ours"]) * 1e3
     base_ms = _common.median(times["baseline"]) * 1e3
     cons_ms = _common.median(times["consistency"]) * 1e3
     mtan_ms = _common.median(times["baseline_mtan"]) * 1e3
+    if compiled is not None:
+        compiled_ms = _common.median(times["compiled"]) * 1e3
+        compiled.update(update_ms=compiled_ms, speedup=base_ms / compiled_ms,
+                        speedup_paired_median=_common.median_ratio(times["baseline"], times["compiled"]))
 
     # agreement of the two on the same inputs
     sm, dmtr = SegmentationMeter(7), DepthMeter()
@@ -217,6 +277,7 @@ def run(args) -> dict:
         "labels_ms": _common.median(times["labels"]) * 1e3,
         "metric_plus_consistency_fraction_of_eval": (ours_ms + cons_ms) / 1e3 * batches / eval_s,
         "agreement": agree, "agreement_ok": agree_ok,
+        "compiled": compiled,
         "metric_times_ms": {k: [t * 1e3 for t in v] for k, v in times.items()},
         "device": info["device"], "threads": torch.get_num_threads(),
         "load_average": info["load_average"], "machine": info,
@@ -237,7 +298,10 @@ def human(r: dict) -> str:
         f"{r['baseline_mtan_update_ms']:.2f} ms: {r['speedup_vs_mtan_style']:.1f}x)",
         f"metric share of evaluation: {100 * r['metric_fraction_of_eval']:.2f}% "
         f"(with the consistency meter {100 * r['metric_plus_consistency_fraction_of_eval']:.2f}%)",
-        f"agreement with the loop: {r['agreement_ok']}"])
+        f"agreement with the loop: {r['agreement_ok']}"]
+        + ([f"compiled (fused, inductor) update {c['update_ms']:.2f} ms: {c['speedup']:.1f}x the loop, "
+            f"first call {c['first_call_s']:.1f}s, agrees with the meters: {c['agrees']}"]
+           if (c := r.get("compiled")) else []))
 
 
 def main(argv=None) -> dict:
@@ -250,6 +314,8 @@ def main(argv=None) -> dict:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--eval-repeats", type=int, default=2)
     p.add_argument("--repeats", type=int, default=15, help="interleaved metric-update rounds")
+    p.add_argument("--compile", action="store_true", help="also time the meters' work fused "
+                   "by torch.compile (the ceiling of fusion on this device; not shipped)")
     return _common.main(p, run, human, argv)
 
 

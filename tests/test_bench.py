@@ -33,7 +33,8 @@ def test_train_step_benchmark_reports_the_issue_keys():
 
 @pytest.mark.slow
 def test_eval_data_and_scaling_benchmarks_run():
-    assert _run("eval.py")["agreement_ok"]
+    evaluation = _run("eval.py", "--compile")
+    assert evaluation["agreement_ok"] and evaluation["compiled"]["agrees"]
     assert _run("data.py")["ratio"] > 0
     assert all(row["ms_per_step"] > 0 for row in _run("scaling.py")["rows"])
 
