@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 import torch
@@ -201,3 +202,37 @@ def test_bf16_channels_last_run_trains_and_records_the_precision_used(tiny_confi
                if k in ("miou", "abs_err", "loss_seg", "loss_depth"))
     # the weights stay fp32 (autocast computes in bf16, the optimiser updates fp32 masters)
     assert all(p.dtype == torch.float32 for p in run.model.parameters())
+
+
+def _host_reads_outside_the_optimizer(profiler) -> int:
+    """Scalar reads (``item``/``float``/``bool`` of a tensor) and boolean-mask indexing
+    (``nonzero``): on a GPU each one blocks the host until the device catches up. Adam's own
+    reads of its CPU step counters are left out: they do not touch the device."""
+    def under_optimizer(event):
+        while event is not None:
+            if event.name.startswith("Optimizer.step"):
+                return True
+            event = event.cpu_parent
+        return False
+    return sum(1 for e in profiler.events()
+               if e.name in ("aten::_local_scalar_dense", "aten::nonzero") and not under_optimizer(e))
+
+
+def test_a_training_step_reads_nothing_back_but_its_loss_values(tiny_config):
+    """On the device path (a resident split), an epoch reads back only each step's loss terms,
+    in one stacked transfer (non-finite check, running means, progress bar): no per-term
+    float(), no F.one_hot range check. The test split is used as the data because it is not
+    augmented: augmentation parameters are drawn on the CPU, where reading them is free."""
+    from xtc.data.resident import ResidentSplit
+
+    cfg = tiny_config("train.epochs=1")
+    model = train.build_model_from_config(cfg, num_classes=7)
+    criterion = train.build_criterion(cfg, model)
+    optimizer = train.build_optimizer(cfg, list(model.parameters()) + list(criterion.parameters()))
+    data = ResidentSplit(train.build_dataset_from_config(cfg.data, "test"), "cpu")
+    state = {"epoch": 0, "step": 0, "partial": {}}
+    with torch.profiler.profile() as prof:
+        means = train.train_one_epoch(model, criterion, optimizer, data, torch.device("cpu"),
+                                      cfg, state, progress=False)
+    assert state["step"] == 2 and all(map(math.isfinite, means.values()))
+    assert _host_reads_outside_the_optimizer(prof) == 0

@@ -202,7 +202,8 @@ def train_one_epoch(model, criterion, optimizer, dataset, device, cfg: Config, s
         if step >= steps:
             break
         terms = forward_losses(model, criterion, batch, device, cfg)
-        bad = [name for name, value in terms.items() if not torch.isfinite(value.detach()).all()]
+        values = _host_values(terms)  # the step's one host sync (a GPU runs ahead otherwise)
+        bad = [name for name, value in values.items() if not math.isfinite(value)]
         if bad and cfg.train.nonfinite == "skip":
             sums["skipped_fraction"] = sums.get("skipped_fraction", 0.0) + 1  # mean -> fraction
             state["step"] = step + 1
@@ -216,10 +217,10 @@ def train_one_epoch(model, criterion, optimizer, dataset, device, cfg: Config, s
             for name, value in gradient_cosines(terms, raw.encoder.parameters()).items():
                 cosines.setdefault(name, []).append(value)
         optimizer_step(terms, optimizer, criterion, ctx)
-        for name, value in terms.items():
-            sums[name] = sums.get(name, 0.0) + float(value.detach())
+        for name, value in values.items():
+            sums[name] = sums.get(name, 0.0) + value
         state["step"] = step + 1
-        bar.set_postfix(loss=f"{float(terms['total'].detach()):.4f}")
+        bar.set_postfix(loss=f"{values['total']:.4f}")
         if save is not None and ((stop is not None and stop.requested) or (
                 cfg.train.checkpoint_every and state["step"] % cfg.train.checkpoint_every == 0)):
             save()
@@ -233,6 +234,14 @@ def train_one_epoch(model, criterion, optimizer, dataset, device, cfg: Config, s
                                                                dtype=torch.float64))
         means = {n: float(v) / ctx.world for n, v in zip(names, values)}
     return means
+
+
+def _host_values(terms: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Every scalar loss term as a Python float, in ONE device-to-host transfer (a
+    ``float()`` per term would stall a GPU once per term). float64 on the way, so each value
+    equals ``float(term)`` exactly."""
+    values = torch.stack([v.detach().reshape(()).double() for v in terms.values()]).tolist()
+    return dict(zip(terms, values))
 
 
 def build_optimizer(cfg: Config, parameters: list) -> torch.optim.Optimizer:
@@ -325,8 +334,8 @@ def evaluate(model, loader, criterion=None, device: torch.device | None = None,
             consistency.update(predictions, depth_mask=batch["depth_mask"],
                                seg_valid=batch["seg_target"] >= 0)
         if criterion is not None:
-            for name, value in criterion(predictions, batch).items():
-                loss_sums[name] = loss_sums.get(name, 0.0) + float(value)
+            for name, value in _host_values(criterion(predictions, batch)).items():
+                loss_sums[name] = loss_sums.get(name, 0.0) + value
         batches += 1
     metrics: dict[str, Any] = {}
     for meter in (seg, depth, consistency):

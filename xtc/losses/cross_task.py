@@ -88,7 +88,11 @@ def depth2seg_loss(logits: torch.Tensor, target_labels: torch.Tensor, kind: str 
     eps = float(label_smoothing)
     valid = target_labels != ignore_index                          # (B, H, W)
     labels = torch.where(valid, target_labels, torch.zeros_like(target_labels))
-    one_hot = F.one_hot(labels, num_classes).permute(0, 3, 1, 2).to(logits.dtype)  # (B,K,H,W)
+    # one-hot by scatter: F.one_hot range-checks its input with two host syncs per call (a
+    # GPU stall every step); labels are in range here. Built (B,H,W,K) and permuted, the
+    # layout F.one_hot gave, so the loss is bit-identical to it.
+    one_hot = (logits.new_zeros(*labels.shape, num_classes)
+               .scatter_(-1, labels.unsqueeze(-1), 1.0).permute(0, 3, 1, 2))  # (B,K,H,W)
     q = one_hot * (1.0 - eps) + (1.0 - one_hot) * (eps / (num_classes - 1))
     log_p = F.log_softmax(logits, dim=1)
     per_pixel = -(q * log_p).sum(dim=1)                            # (B, H, W)
