@@ -28,10 +28,18 @@ def now() -> float:
     return time.perf_counter()
 
 
+def synchronize() -> None:
+    """Wait for queued GPU work (CUDA runs asynchronously to the host); no-op on a CPU."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def timed(fn: Callable[[], object]) -> float:
-    """Seconds one call of ``fn`` takes."""
+    """Seconds one call of ``fn`` takes, its GPU work included."""
+    synchronize()
     start = time.perf_counter()
     fn()
+    synchronize()
     return time.perf_counter() - start
 
 
@@ -65,10 +73,13 @@ def median_ratio(numerator: list[float], denominator: list[float]) -> float:
     return median(pairs)
 
 
-def peak_matmul_flops(dtype: torch.dtype, n: int = 4096, repeats: int = 3) -> float:
-    """Best-of-``repeats`` FLOP/s of an (n x n) @ (n x n) matmul in ``dtype`` (2 n^3 FLOPs)."""
-    a = torch.randn(n, n).to(dtype)
-    b = torch.randn(n, n).to(dtype)
+def peak_matmul_flops(dtype: torch.dtype, n: int = 4096, repeats: int = 3,
+                      device: torch.device | str | None = None) -> float:
+    """Best-of-``repeats`` FLOP/s of an (n x n) @ (n x n) matmul in ``dtype`` (2 n^3 FLOPs)
+    on ``device`` (default: the GPU when there is one, where the benchmarks train)."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
     torch.mm(a, b)  # warm-up (oneDNN / BLAS kernel selection)
     best = min(timed(lambda: torch.mm(a, b)) for _ in range(repeats))
     return 2.0 * n ** 3 / best

@@ -32,11 +32,21 @@ def test_train_step_benchmark_reports_the_issue_keys():
 
 
 @pytest.mark.slow
-def test_eval_data_and_scaling_benchmarks_run():
-    evaluation = _run("eval.py", "--compile")
-    assert evaluation["agreement_ok"] and evaluation["compiled"]["agrees"]
-    assert _run("data.py")["ratio"] > 0
-    assert all(row["ms_per_step"] > 0 for row in _run("scaling.py")["rows"])
+def test_the_device_check_script_runs_every_benchmark(tmp_path):
+    """bench/device_check.sh (what a session lent a GPU runs) in its QUICK mode: every
+    benchmark exits 0 and writes its JSON where the device tool collects it."""
+    done = subprocess.run(["bash", str(ROOT / "bench" / "device_check.sh")], capture_output=True,
+                          text=True, timeout=900, cwd=ROOT,
+                          env={**os.environ, "QUICK": "1", "PYTHON": sys.executable,
+                               "OUT": str(tmp_path)})
+    assert done.returncode == 0, done.stdout + (tmp_path / "log.txt").read_text()[-3000:]
+    out = {p.stem: json.loads(p.read_text()) for p in tmp_path.glob("*.json")}
+    assert set(out) == {"epoch", "train_step", "eval", "data", "scaling"}
+    assert out["eval"]["agreement_ok"] and out["eval"]["compiled"]["agrees"]
+    assert out["epoch"]["steps"] * out["epoch"]["config"]["batch_size"] == out["epoch"]["images"]
+    assert out["epoch"]["epoch_s"] > 0 and out["epoch"]["meets_target"] is None  # no GPU here
+    assert out["data"]["ratio"] > 0 and out["train_step"]["gradient_check"]["equal"]
+    assert all(row["ms_per_step"] > 0 for row in out["scaling"]["rows"])
 
 
 @pytest.mark.slow
