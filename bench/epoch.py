@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common  # noqa: E402  (puts the repo root on sys.path)
 import torch  # noqa: E402
+from train_step import QUICK_OVERRIDES  # noqa: E402  (the same tiny model as every --quick)
 
 from xtc import config as xconfig  # noqa: E402
 from xtc import runtime  # noqa: E402
@@ -40,8 +41,6 @@ from xtc.train import build_optimizer, train_one_epoch  # noqa: E402
 
 CITYSCAPES_TRAIN_IMAGES = 2975
 TARGET_S = 10.0
-QUICK_OVERRIDES = ["model.encoder=resnet18", "model.decoder_width=32", "model.transfer_width=16",
-                   "data.height=64", "data.width=128", "train.batch_size=2"]
 
 
 def make_config(args, device: torch.device) -> xconfig.Config:
