@@ -9,7 +9,7 @@ data held on the GPU and augmented there with kornia (``data.resident``).
   and ``data.val_fraction=0`` (every image of the pool is trained on, as in one paper epoch).
 * Data: ``--data-root`` = a Cityscapes folder in the MTAN layout (its train split); without
   it, ``--images`` synthetic-city scenes at 128x256 (default 2975 on a GPU; 32 on a CPU,
-  where an epoch of 2975 would take half an hour: ``projected_epoch_s`` scales the measured
+  where an epoch of 2975 takes most of an hour: ``projected_epoch_s`` scales the measured
   rate to 2975 images).
 * Timing: ``--warmup-steps`` untimed steps first (cuDNN algorithm choice, allocator,
   ``--compile``'s compilation), then one whole epoch, GPU work included

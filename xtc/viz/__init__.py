@@ -60,11 +60,10 @@ def output_dir(out_dir: str | Path | None = None, name: str = "notebook") -> Pat
     import time
 
     if out_dir is None:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        out_dir = runs_root() / name / stamp
-        suffix = 1
+        stamp, parent = time.strftime("%Y%m%d-%H%M%S"), runs_root() / name
+        out_dir, suffix = parent / stamp, 1
         while out_dir.exists():  # two runs in the same second
-            out_dir, suffix = runs_root() / name / f"{stamp}-{suffix}", suffix + 1
+            out_dir, suffix = parent / f"{stamp}-{suffix}", suffix + 1
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     return out_dir
