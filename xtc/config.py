@@ -22,6 +22,8 @@ from typing import Any, Optional, Union
 
 import yaml
 
+from xtc.selection import PROTOCOLS, select_names
+
 METHODS = ("stl-seg", "stl-depth", "mtl", "xtc")
 CROSS_TASK = ("consistency", "alignment", "both")
 WEIGHTINGS = ("fixed", "uncertainty", "gradnorm", "dwa")
@@ -49,7 +51,9 @@ class DataConfig:
     augment: bool = True  # scale-crop (1.0/1.2/1.5) + horizontal flip on the train split
     num_workers: int = 0  # DataLoader worker processes
     resident: bool = False  # hold each split on the training device, batch + augment there (no DataLoader)
-    seed: int = 0  # synthetic-city scene seed and the train/val split seed
+    seed: int = 0  # synthetic-city scene stream: which city (fixed across train.seed, so
+                   # every seed is tested on the same images); unused by the real datasets
+    split_seed: Optional[int] = None  # val split + augmentation stream; None: train.seed
 
 
 @dataclass
@@ -76,6 +80,9 @@ class LossConfig:
     seg2depth_loss: str = "l1"  # transferred depth loss: l1 | ssim
     depth2seg_loss: str = "ce"  # transferred segmentation loss: ce | kl
     label_smoothing: float = 0.0  # on the transferred segmentation loss only
+    ssim_max_val: Optional[float] = None  # SSIM dynamic range (seg2depth_loss=ssim); None: the
+                                          # dataset's depth range (1 m-range data get max_val=1)
+    single_task_weighting: str = "fixed"  # stl-* runs: one loss, no weighting (as the authors)
 
 
 @dataclass
@@ -98,7 +105,9 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 | bf16 (autocast) | auto (bf16 where the device has it natively)
     channels_last: bool = False  # NHWC memory layout for the convolutions
     sync_batchnorm: bool = True  # with torchrun: BatchNorm statistics over the global batch
-    select: str = "val_loss"  # model selection on the val split: val_loss | miou | abs_err | ...
+    protocol: str = "xtc"  # xtc (select on val, test once) | mtan (no selection, mean of the
+                           # last 10 epochs' test metrics) | paper (selected on test); xtc.selection
+    select: str = "delta_m"  # xtc protocol: delta_m (task-weighted, vs first val) | val_loss | miou | ...
     max_steps_per_epoch: Optional[int] = None  # cap for smoke runs; None = full epoch
     eval_batch_size: Optional[int] = None  # None = batch_size
     nonfinite: str = "stop"  # a NaN/inf loss term: stop (naming step and term) | skip the batch
@@ -128,6 +137,8 @@ _CHOICES = {
     "loss.depth2seg_loss": DEPTH2SEG_LOSSES,
     "train.precision": PRECISIONS,
     "train.nonfinite": ("stop", "skip"),
+    "train.protocol": PROTOCOLS,
+    "loss.single_task_weighting": WEIGHTINGS,
     "optim.name": ("adam", "sgd"),
 }
 _RANGES = {  # field: (low, high, inclusive-low)
@@ -216,6 +227,20 @@ def validate(cfg: Config) -> None:
                           f"label_19; set data.classes=7 or 19")
     if not (cfg.train.device in ("auto", "cpu", "cuda") or cfg.train.device.startswith("cuda:")):
         raise ConfigError(f"train.device={cfg.train.device!r}; use auto, cpu, cuda or cuda:N")
+    tasks = {"stl-seg": ("seg",), "stl-depth": ("depth",)}.get(cfg.model.method, ("seg", "depth"))
+    valid = select_names(tasks, cross_task=cfg.model.method == "xtc")
+    if cfg.train.select not in valid:
+        raise ConfigError(f"train.select={cfg.train.select!r} is not a val metric of "
+                          f"{cfg.model.method}; choose one of {valid}")
+    if cfg.loss.ssim_max_val is not None and not cfg.loss.ssim_max_val > 0:
+        raise ConfigError(f"loss.ssim_max_val={cfg.loss.ssim_max_val} must be positive (the "
+                          f"depth range), or null to take the dataset's")
+    if cfg.train.protocol == "xtc" and cfg.data.val_fraction <= 0:
+        raise ConfigError("data.val_fraction=0 leaves no val split to select on under "
+                          "train.protocol=xtc; use a fraction such as 0.1, or "
+                          "train.protocol=mtan (no selection)")
+    if cfg.data.split_seed is None:  # the rule: the val split and augmentation follow train.seed
+        cfg.data.split_seed = cfg.train.seed
 
 
 def flatten(cfg: Config) -> dict:

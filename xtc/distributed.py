@@ -95,33 +95,42 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
 
     Mean and variance come from differentiable all-reduces (two passes: sums, then squared
     deviations), so the backward pass also sums across ranks and the result equals one
-    BatchNorm over the global batch up to float rounding. Outside training, or with one
-    process, it is a plain BatchNorm2d.
+    BatchNorm over the global batch up to float rounding. As in torch's BatchNorm, a bf16
+    input (bf16 autocast) gets fp32 statistics and normalisation (bf16 keeps 8 mantissa bits:
+    its sums and counts are off by up to 0.4%, and the fp32 running statistics refuse them)
+    and an output of the input's dtype and memory format. Outside training, or without a
+    process group, it is a plain BatchNorm2d; a one-rank group takes the synced path too.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self.training and dist.is_available() and dist.is_initialized()
-                and dist.get_world_size() > 1):
+        if not (self.training and dist.is_available() and dist.is_initialized()):
             return super().forward(x)
         from torch.distributed.nn.functional import all_reduce
 
-        channels = x.shape[1]
-        count = torch.tensor([x.numel() / channels], dtype=x.dtype, device=x.device)
-        sums = all_reduce(torch.cat([x.sum(dim=(0, 2, 3)), count]))
-        total = sums[-1]
-        mean = sums[:channels] / total
-        centred = x - mean.view(1, -1, 1, 1)
-        var = all_reduce(centred.pow(2).sum(dim=(0, 2, 3))) / total
-        if self.track_running_stats:
-            with torch.no_grad():
-                momentum = self.momentum if self.momentum is not None else 0.1
-                self.running_mean.lerp_(mean.detach(), momentum)
-                self.running_var.lerp_(var.detach() * total / (total - 1), momentum)
-                self.num_batches_tracked += 1
-        out = centred * torch.rsqrt(var + self.eps).view(1, -1, 1, 1)
-        if self.affine:
-            out = out * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
-        return out
+        # Autocast off: every op below must stay fp32 (the casts are explicit).
+        with torch.autocast(x.device.type, enabled=False):
+            x32 = x.float()  # keeps channels_last; its backward casts the gradient back
+            channels = x.shape[1]
+            count = torch.tensor([x.numel() / channels], dtype=torch.float32, device=x.device)
+            sums = all_reduce(torch.cat([x32.sum(dim=(0, 2, 3)), count]))
+            total = sums[-1]
+            mean = sums[:channels] / total
+            centred = x32 - mean.view(1, -1, 1, 1)
+            var = all_reduce(centred.pow(2).sum(dim=(0, 2, 3))) / total
+            if self.track_running_stats:
+                with torch.no_grad():
+                    self.num_batches_tracked += 1
+                    # momentum=None: cumulative average, as in torch's BatchNorm
+                    momentum = (self.momentum if self.momentum is not None
+                                else 1.0 / self.num_batches_tracked.item())
+                    unbiased = var * total / (total - 1)
+                    self.running_mean.lerp_(mean.to(self.running_mean.dtype), momentum)
+                    self.running_var.lerp_(unbiased.to(self.running_var.dtype), momentum)
+            out = centred * torch.rsqrt(var + self.eps).view(1, -1, 1, 1)
+            if self.affine:
+                out = (out * self.weight.float().view(1, -1, 1, 1)
+                       + self.bias.float().view(1, -1, 1, 1))
+            return out.to(x.dtype)
 
 
 def _convert_cpu(module: nn.Module) -> nn.Module:

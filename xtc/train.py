@@ -1,9 +1,11 @@
 """Training and evaluation: ``fit(config) -> Run`` and ``evaluate(model, loader)``.
 
-The loop is the paper's step (paper-spec 3.5) with one backward of the combined loss:
-forward -> criterion (direct + cross-task terms, grouped and weighted) -> backward -> Adam
-step -> weighting hooks. Model selection uses the ``val`` split carved from the training
-set; the dataset's held-out split (``test``) is evaluated once, with the selected weights.
+The loop is the paper's step (arXiv 2111.14122, Sec. 3) with one backward of the combined
+loss: forward -> criterion (direct + cross-task terms, grouped and weighted) -> backward ->
+Adam step -> weighting hooks. What is evaluated each epoch and which epoch is reported
+follow ``train.protocol`` (:mod:`xtc.selection`): by default the model is selected on a
+``val`` split carved from the training set and the held-out ``test`` split is evaluated
+once, with the selected weights.
 
 Determinism: every epoch reseeds from ``(train.seed, epoch)`` and data augmentation draws
 from ``(data.seed, epoch, index)``, so a run resumed from ``last.pt`` continues exactly as
@@ -12,6 +14,7 @@ an uninterrupted one would.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import signal
 import threading
@@ -23,13 +26,13 @@ from typing import Any, Optional
 import torch
 from torch.utils.data import DataLoader
 
-from xtc import checkpoint, distributed, results, runtime
+from xtc import checkpoint, distributed, results, runtime, selection
 from xtc.config import Config, flatten
 from xtc.config import from_dict as config_from_dict
 from xtc.data import build_dataset_from_config
 from xtc.data.resident import ResidentSplit
 from xtc.losses import build_criterion
-from xtc.metrics import ConsistencyMeter, DepthMeter, SegmentationMeter, higher_is_better
+from xtc.metrics import ConsistencyMeter, DepthMeter, SegmentationMeter
 from xtc.models import build_model_from_config
 
 
@@ -77,9 +80,10 @@ class Run:
     model: torch.nn.Module
     out_dir: Optional[Path]
     history: list = field(default_factory=list)  # one dict per epoch: train losses + val metrics
-    best_epoch: int = -1
-    val_metrics: dict = field(default_factory=dict)  # of the selected checkpoint
-    test_metrics: dict = field(default_factory=dict)  # held-out split, evaluated once
+    best_epoch: int = -1  # the reported epoch (selected; the last one under train.protocol=mtan)
+    val_metrics: dict = field(default_factory=dict)  # of the selected checkpoint (xtc protocol)
+    test_metrics: dict = field(default_factory=dict)  # the reported test metrics (see protocol)
+    reported_epochs: list = field(default_factory=list)  # epochs the test metrics come from
     wall_time_s: float = 0.0
 
 
@@ -97,14 +101,19 @@ def fit(config: Config, out_dir: str | Path | None = None, resume: bool = False,
     _check_distributed(cfg, ctx)
     runtime.seed_everything(cfg.train.seed)
     device = distributed.device_for(ctx, runtime.choose_device(cfg.train.device))
-    train_set, val_set, test_set = (build_dataset_from_config(cfg.data, s)
-                                    for s in ("train", "val", "test"))
+    protocol = cfg.train.protocol
+    # mtan / paper: the whole training pool trains and the test split is watched every epoch
+    data_cfg = cfg.data if protocol == "xtc" else dataclasses.replace(cfg.data, val_fraction=0.0)
+    train_set, test_set = (build_dataset_from_config(data_cfg, s) for s in ("train", "test"))
+    watch_split = "val" if protocol == "xtc" else "test"
+    watch_set = build_dataset_from_config(data_cfg, "val") if protocol == "xtc" else test_set
     if len(train_set) < cfg.train.batch_size:
         raise ValueError(f"the train split has {len(train_set)} images, fewer than "
                          f"train.batch_size={cfg.train.batch_size}: no full batch to train on; "
                          f"lower train.batch_size or use more data")
-    train_data, val_data, test_data = ((ResidentSplit(d, device) for d in (train_set, val_set, test_set))
-                                       if cfg.data.resident else (train_set, val_set, test_set))
+    train_data, watch_data, test_data = (
+        (ResidentSplit(d, device) for d in (train_set, watch_set, test_set))
+        if cfg.data.resident else (train_set, watch_set, test_set))
     model = build_model_from_config(cfg, num_classes=train_set.num_classes).to(device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -138,24 +147,32 @@ def fit(config: Config, out_dir: str | Path | None = None, resume: bool = False,
             state["epoch"] = epoch
             runtime.seed_everything(runtime.derive_seed(cfg.train.seed, epoch))
             train_data.set_epoch(epoch)
+            lr = optimizer.param_groups[0]["lr"]  # the rate this epoch trains with
             train_losses = train_one_epoch(net, criterion, optimizer, train_data, device, cfg,
                                            state, save=lambda: save("last.pt"), stop=stop,
                                            progress=progress and ctx.is_main, ctx=ctx)
             scheduler.step()
-            criterion.end_epoch()
-            val_metrics = evaluate(model, _loader(val_data, cfg, ctx=ctx), criterion, device,
-                                   cfg.train.precision, ctx=ctx)
-            state["history"].append({"epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
-                                     **{f"train_{k}": v for k, v in train_losses.items()},
-                                     **{f"val_{k}": v for k, v in val_metrics.items()
-                                        if not isinstance(v, list)},
-                                     "weights": criterion.weighting.weights()})
+            criterion.end_epoch(reduce=(lambda t: distributed.all_reduce_sum(ctx, t))
+                                if ctx.active else None)
+            watched = evaluate(model, _loader(watch_data, cfg, ctx=ctx), criterion, device,
+                               cfg.train.precision, progress=progress and ctx.is_main,
+                               ctx=ctx, desc=f"{watch_split} {epoch + 1}/{cfg.train.epochs}")
+            record = {"epoch": epoch, "lr": lr,
+                      **{f"train_{k}": v for k, v in train_losses.items()},
+                      **{f"{watch_split}_{k}": v for k, v in watched.items()
+                         if not isinstance(v, list)},
+                      "weights": criterion.weighting.weights()}
+            score = _selection_score(cfg, watched, state["history"], model.tasks)
+            if score is not None:
+                record["selection_score"] = score
+            state["history"].append(record)
             state.update(epoch=epoch + 1, step=0, partial={})
-            score = val_metrics[cfg.train.select]
-            if _improves(score, state["best_score"], cfg.train.select):
+            if protocol == "mtan" or _improves(score, state["best_score"], cfg):
                 state["best_score"], state["best_epoch"] = score, epoch
-                save("best.pt")
+                save("best.pt")  # the reported weights: selected, or the latest (mtan)
             save("last.pt")
+            if progress and ctx.is_main:
+                _print_epoch(record, watch_split)
 
     distributed.barrier(ctx)  # rank 0 has written best.pt
     if out_dir is not None and state["best_epoch"] >= 0:
@@ -163,11 +180,19 @@ def fit(config: Config, out_dir: str | Path | None = None, resume: bool = False,
     elif best_in_memory is not None:
         model.load_state_dict(best_in_memory)
     best = state["history"][state["best_epoch"]] if state["best_epoch"] >= 0 else {}
+    reported = [state["best_epoch"]] if state["best_epoch"] >= 0 else []
+    if protocol == "xtc":  # the held-out split, evaluated once, with the selected weights
+        test_metrics = evaluate(model, _loader(test_data, cfg, ctx=ctx), criterion, device,
+                                cfg.train.precision, progress=progress and ctx.is_main,
+                                ctx=ctx, desc="test")
+    elif protocol == "mtan":
+        test_metrics, reported = selection.mtan_report(state["history"])
+    else:  # paper: the selected epoch's test metrics, measured when it was selected
+        test_metrics = {k[5:]: v for k, v in best.items() if k.startswith("test_")}
     run = Run(config=cfg, model=model, out_dir=out_dir, history=state["history"],
               best_epoch=state["best_epoch"],
               val_metrics={k[4:]: v for k, v in best.items() if k.startswith("val_")},
-              test_metrics=evaluate(model, _loader(test_data, cfg, ctx=ctx), criterion, device,
-                                    cfg.train.precision, ctx=ctx),
+              test_metrics=test_metrics, reported_epochs=reported,
               wall_time_s=time.perf_counter() - start)
     if out_dir is not None and ctx.is_main:
         write_results(run, train_set, device, world=ctx.world)
@@ -303,12 +328,14 @@ def gradient_cosines(terms: dict, parameters) -> dict[str, float]:
 @torch.no_grad()
 def evaluate(model, loader, criterion=None, device: torch.device | None = None,
              precision: str = "fp32", progress: bool = False,
-             ctx: distributed.Context = distributed.Context()) -> dict[str, Any]:
+             ctx: distributed.Context = distributed.Context(),
+             desc: str = "evaluate") -> dict[str, Any]:
     """Metrics of the direct predictions over the whole split (dataset-level), consistency
     energy for ``xtc`` models, and mean loss terms when a criterion is given.
 
-    ``val_loss`` is the sum of the unweighted direct losses (no learnable weighting terms,
-    so it does not drift as uncertainty weights grow); it is the default selection score.
+    ``direct_loss`` is the sum of the unweighted direct losses (no learnable weighting
+    terms, so it does not drift as uncertainty weights grow): ``train.select=val_loss``
+    selects on it, and the ``paper`` protocol keeps the epoch where it is lowest on test.
     """
     from tqdm.auto import tqdm
 
@@ -321,7 +348,7 @@ def evaluate(model, loader, criterion=None, device: torch.device | None = None,
     consistency = ConsistencyMeter(model.num_classes) if model.method == "xtc" else None
     loss_sums: dict[str, float] = {}
     batches = 0
-    for batch in tqdm(loader, desc="evaluate", disable=not progress, leave=False):
+    for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
         batch = _to_device(batch, device)
         with runtime.autocast(device, precision):
             predictions = model(batch["image"])
@@ -352,7 +379,7 @@ def evaluate(model, loader, criterion=None, device: torch.device | None = None,
     for name, total in loss_sums.items():
         metrics[f"loss_{name}"] = total / max(batches, 1)
     if criterion is not None:
-        metrics["val_loss"] = sum(metrics.get(f"loss_{t}", 0.0) for t in model.tasks)
+        metrics["direct_loss"] = sum(metrics.get(f"loss_{t}", 0.0) for t in model.tasks)
     return metrics
 
 
@@ -363,9 +390,10 @@ def write_results(run: Run, train_set, device: torch.device, world: int = 1) -> 
         run.out_dir,
         params=flatten(cfg),
         metrics={"test": run.test_metrics, "val": run.val_metrics},
-        protocol=protocol(cfg, train_set),
+        protocol=protocol(cfg, train_set, run.reported_epochs),
         history=run.history,
         best_epoch=run.best_epoch,
+        reported_epochs=run.reported_epochs,
         wall_time_s=run.wall_time_s,
         provenance={**runtime.provenance(device), "dataset_fingerprint": train_set.fingerprint(),
                     "world_size": world,
@@ -373,16 +401,22 @@ def write_results(run: Run, train_set, device: torch.device, world: int = 1) -> 
     )
 
 
-def protocol(cfg: Config, dataset) -> dict:
+def protocol(cfg: Config, dataset, reported_epochs: list[int] | None = None) -> dict:
     """The evaluation protocol every report prints next to its numbers."""
+    described = selection.describe(cfg.train.protocol, cfg.train.select, cfg.data.val_fraction,
+                                   cfg.data.split_seed, reported_epochs)
+    single = cfg.model.method.startswith("stl-")
     return {
+        **described,
         "miou": "dataset-level confusion matrix over the split (miou_legacy: per-image mean, "
                 "the paper code's formula)",
         "depth_units": dataset.depth_units,
         "depth_metrics": "over all valid pixels (target > 0) of the split",
-        "model_selection": f"best val-split {cfg.train.select} (val carved from train, "
-                           f"fraction {cfg.data.val_fraction}, split seed {cfg.data.seed})",
-        "reported_split": "test (the dataset's held-out split, evaluated once)",
+        "reported_split": "test (the dataset's held-out split)",
+        "weighting": cfg.loss.single_task_weighting if single else cfg.loss.weighting,
+        "seeds": "train.seed sets initialisation, batch order, augmentation and the val split "
+                 "(data.split_seed follows train.seed unless pinned); data.seed fixes the "
+                 "synthetic scenes, so every seed is tested on the same images",
         "seed": cfg.train.seed,
     }
 
@@ -429,12 +463,34 @@ def _check_distributed(cfg: Config, ctx: distributed.Context) -> None:
                          "gradients outside DistributedDataParallel; run them in one process")
 
 
-def _improves(score: float, best: float | None, metric: str) -> bool:
+def _selection_score(cfg: Config, watched: dict, history: list[dict], tasks) -> float | None:
+    """This epoch's selection score (None under the mtan protocol, which selects nothing)."""
+    if cfg.train.protocol == "mtan":
+        return None
+    if cfg.train.protocol == "paper":
+        return watched["direct_loss"]  # the authors kept the lowest loss on the reported split
+    first = ({k[4:]: v for k, v in history[0].items() if k.startswith("val_")}
+             if history else watched)
+    return selection.score(cfg.train.select, watched, first, tasks)
+
+
+def _improves(score: float | None, best: float | None, cfg: Config) -> bool:
     if score is None or (isinstance(score, float) and math.isnan(score)):
         return False
     if best is None:
         return True
-    return score > best if higher_is_better(metric) else score < best
+    select = "direct_loss" if cfg.train.protocol == "paper" else cfg.train.select
+    return score > best if selection.higher_is_better_score(select) else score < best
+
+
+def _print_epoch(record: dict, split: str) -> None:
+    """One line per epoch: the train loss and the watched split's headline metrics."""
+    keys = [k for k in (f"{split}_miou", f"{split}_abs_err", f"{split}_direct_loss",
+                        "selection_score") if k in record]
+    shown = ", ".join(f"{k} {record[k]:.4f}" for k in keys if record[k] is not None)
+    total = record.get("train_total")
+    print(f"epoch {record['epoch'] + 1}: train total {total:.4f}, {shown}"
+          if total is not None else f"epoch {record['epoch'] + 1}: {shown}", flush=True)
 
 
 def _payload(cfg, model, criterion, optimizer, scheduler, state) -> dict:

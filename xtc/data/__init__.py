@@ -6,7 +6,8 @@ with 0 = invalid, ``depth_mask (1,H,W)`` bool ``= depth_target > 0``, and NYUv2 
 ``normal_target (3,H,W)``. ``torch.utils.data.default_collate`` batches them.
 
 Splits: ``train`` and ``val`` are carved from the dataset's training pool (``val_fraction``,
-seeded by ``seed``), ``test`` is its held-out split. Augmentation (``augment=None`` means on
+seeded by ``split_seed``, which also seeds augmentation; ``None`` means ``seed``), ``test``
+is its held-out split. Augmentation (``augment=None`` means on
 for train) is never applied to val or test.
 
 Examples:
@@ -35,7 +36,7 @@ DATASETS.register("synthetic-city")(SyntheticCity)
 DATASETS.register("cityscapes")(Cityscapes)
 DATASETS.register("nyuv2")(NYUv2)
 
-_COMMON = ("val_fraction", "augment", "seed")
+_COMMON = ("val_fraction", "augment", "seed", "split_seed")
 _OPTIONS = {"synthetic-city": _COMMON + ("height", "width", "train_size", "test_size"),
             "cityscapes": _COMMON + ("classes",),
             "nyuv2": _COMMON}

@@ -58,9 +58,10 @@ def resolve_augment(split: str, augment: Optional[bool]) -> bool:
 
 class SplitDataset(torch.utils.data.Dataset):
     """A split as ``indices`` into a pool; item ``index`` is ``read(indices[index])``, then
-    augmented (train split only) with randomness from (seed, epoch, index) alone.
+    augmented (train split only) with randomness from (split_seed, epoch, index) alone.
 
-    Subclasses set ``indices``, ``seed``, ``augment``, ``depth_units`` and implement ``read``.
+    Subclasses set ``indices``, ``split_seed``, ``augment``, ``depth_units`` and implement
+    ``read``.
     """
 
     epoch = 0
@@ -69,7 +70,7 @@ class SplitDataset(torch.utils.data.Dataset):
         return len(self.indices)
 
     def set_epoch(self, epoch: int) -> None:
-        """Augmentation of item i at epoch e depends on (seed, e, i) only."""
+        """Augmentation of item i at epoch e depends on (split_seed, e, i) only."""
         self.epoch = int(epoch)
 
     def __getitem__(self, index: int) -> dict:
@@ -77,7 +78,7 @@ class SplitDataset(torch.utils.data.Dataset):
             raise IndexError(f"index {index} out of range for {len(self)} items")
         item = self.read(int(self.indices[index]))
         if self.augment:
-            item = augment_item(item, self.seed, self.epoch, index, self.depth_units)
+            item = augment_item(item, self.split_seed, self.epoch, index, self.depth_units)
         return item
 
     def read(self, i: int) -> dict:
@@ -97,12 +98,15 @@ class MTANDataset(SplitDataset):
     num_classes = 0
     class_names: list = []
     depth_units = "inverse depth"
+    depth_range = (0.0, 1.0)  # nominal range of the depth unit (SSIM's max_val)
     ignore_index = IGNORE_INDEX
 
     def __init__(self, split: str, root: Union[str, Path, None] = None, *,
-                 val_fraction: float = 0.1, augment: Optional[bool] = None, seed: int = 0):
+                 val_fraction: float = 0.1, augment: Optional[bool] = None, seed: int = 0,
+                 split_seed: Optional[int] = None):
         check_split(split)
         self.split, self.seed, self.epoch = split, seed, 0
+        self.split_seed = seed if split_seed is None else split_seed  # real data: one seed
         self.augment = resolve_augment(split, augment)
         if root is None or str(root) == "":
             raise DatasetError(f"{self.name}: no data root given; set data.root in the config "
@@ -119,7 +123,7 @@ class MTANDataset(SplitDataset):
         if split == "test":
             self.indices = np.arange(pool)
         else:
-            self.indices = split_indices(pool, split, val_fraction, seed)
+            self.indices = split_indices(pool, split, val_fraction, self.split_seed)
 
     # ------------------------------------------------------------------ files
 

@@ -21,3 +21,4 @@ class NYUv2(MTANDataset):
     num_classes = 13
     class_names = CLASSES_13
     depth_units = "metres"
+    depth_range = (0.0, 10.0)  # metres: the Kinect's range in the labelled release

@@ -68,7 +68,7 @@ class ResidentSplit:
         """Each item's geometry from its own (seed, epoch, index) generator, as the dataset
         draws it, stacked into one batch of parameters."""
         draws = [sample_params(1, self.height, self.width,
-                               item_generator(self.dataset.seed, self.epoch, int(p)))
+                               item_generator(self.dataset.split_seed, self.epoch, int(p)))
                  for p in positions]
         return AugmentParams(*(torch.cat([getattr(d, f) for d in draws])
                                for f in ("scale", "top", "left", "crop_h", "crop_w", "flip")))

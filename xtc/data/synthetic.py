@@ -300,11 +300,13 @@ class SyntheticCity(SplitDataset):
     num_classes = 7
     class_names = CLASS_NAMES
     depth_units = "inverse depth"
+    depth_range = (0.0, 1.0)  # nominal range of the unit (values reach 0.4922, as Cityscapes)
     ignore_index = -1
 
     def __init__(self, split: str, root: Optional[str] = None, *, height: int = 128,
                  width: int = 256, train_size: int = 1000, test_size: int = 200,
-                 val_fraction: float = 0.1, augment: Optional[bool] = None, seed: int = 0):
+                 val_fraction: float = 0.1, augment: Optional[bool] = None, seed: int = 0,
+                 split_seed: Optional[int] = None):
         check_split(split)
         if height % 32 or width % 32 or height <= 0 or width <= 0:
             raise DatasetError(f"synthetic-city size {height}x{width}: set data.height and "
@@ -313,12 +315,13 @@ class SyntheticCity(SplitDataset):
             raise DatasetError(f"synthetic-city train_size={train_size}, test_size={test_size} "
                                f"must be positive")
         self.split, self.height, self.width, self.seed, self.epoch = split, height, width, seed, 0
+        self.split_seed = seed if split_seed is None else split_seed
         self.train_size, self.test_size, self.val_fraction = train_size, test_size, val_fraction
         self.augment = resolve_augment(split, augment)
         if split == "test":
             self.indices = TEST_OFFSET + np.arange(test_size)
         else:
-            self.indices = split_indices(train_size, split, val_fraction, seed)
+            self.indices = split_indices(train_size, split, val_fraction, self.split_seed)
 
     def read(self, i: int) -> dict:
         """Scene ``i`` of the pool as an item (no augmentation)."""
@@ -332,6 +335,8 @@ class SyntheticCity(SplitDataset):
         """sha256 (16 hex) of the generator version and every parameter that shapes the data."""
         key = (f"{GENERATOR_VERSION}:{self.split}:{self.seed}:{self.height}x{self.width}:"
                f"{self.train_size}:{self.test_size}:{self.val_fraction}")
+        if self.split_seed != self.seed:  # one seed for both: the fingerprint of earlier runs
+            key += f":split{self.split_seed}"
         return hashlib.sha256(key.encode()).hexdigest()[:16]
 
     def __repr__(self) -> str:

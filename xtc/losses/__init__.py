@@ -33,7 +33,7 @@ from xtc.losses.weighting import WEIGHTINGS, Weighting, build_weighting
 __all__ = ["Criterion", "CrossTaskLoss", "DepthLoss", "SegLoss", "WEIGHTINGS", "Weighting",
            "alignment_loss", "build_criterion", "build_weighting", "consistency_loss",
            "cross_task_loss", "depth2seg_loss", "depth_loss", "pseudo_targets",
-           "seg2depth_loss", "seg_loss", "ssim_dissimilarity"]
+           "seg2depth_loss", "seg_loss", "ssim_dissimilarity", "ssim_max_val"]
 
 _TASKS = {"stl-seg": ("seg",), "stl-depth": ("depth",), "mtl": ("seg", "depth"),
           "xtc": ("seg", "depth")}
@@ -88,32 +88,49 @@ class Criterion(nn.Module):
         """Call after ``optimizer.step()`` (GradNorm renormalises its weights)."""
         self.weighting.after_step()
 
-    def end_epoch(self) -> None:
-        """Call once per training epoch (DWA rolls its loss history)."""
-        self.weighting.end_epoch()
+    def end_epoch(self, reduce=None) -> None:
+        """Call once per training epoch (DWA rolls its loss history); ``reduce`` sums a
+        tensor over ranks under DDP (None in one process), so DWA's means are global."""
+        self.weighting.end_epoch(reduce)
 
 
 def build_criterion(config: Any, model: Optional[nn.Module] = None) -> Criterion:
     """Build the criterion from a full :class:`xtc.config.Config` (``model.method``, ``loss.*``).
 
     ``model`` is needed for ``loss.weighting=gradnorm`` (its ``last_shared_layer()``).
+    Single-task methods use ``loss.single_task_weighting`` (default ``fixed``: one loss needs
+    no balancing, and the authors' STL runs had none; uncertainty weighting would rescale it).
     """
     method, loss = config.model.method, config.loss
+    weighting_name = loss.single_task_weighting if len(_TASKS.get(method, ())) == 1 \
+        else loss.weighting
     if method not in _TASKS:
         raise ValueError(f"unknown method '{method}'; choose one of {sorted(_TASKS)}")
     shared = None
-    if loss.weighting == "gradnorm":
+    if weighting_name == "gradnorm":
         if model is None:
             raise ValueError("loss.weighting=gradnorm needs the model: call "
                              "build_criterion(config, model) so GradNorm can use "
                              "model.last_shared_layer()")
         shared = model.last_shared_layer()
-    weighting = build_weighting(loss.weighting, _TASKS[method],
+    weighting = build_weighting(weighting_name, _TASKS[method],
                                 uncertainty_form=loss.uncertainty_form,
                                 gradnorm_alpha=loss.gradnorm_alpha,
                                 dwa_temperature=loss.dwa_temperature, shared_parameter=shared)
     cross = None
     if method == "xtc":
         cross = CrossTaskLoss(loss.cross_task, loss.seg2depth_loss, loss.depth2seg_loss,
-                              loss.label_smoothing)
+                              loss.label_smoothing, ssim_max_val(config))
     return Criterion(method, weighting, loss.lambda1, loss.lambda2, loss.depth_loss, cross)
+
+
+def ssim_max_val(config: Any) -> float:
+    """SSIM's dynamic range for the transferred-depth loss: ``loss.ssim_max_val``, or the
+    upper end of the dataset's depth range (``depth_range``: 1.0 for inverse depth, the
+    authors' value; 10 m for NYUv2, whose depth in metres would otherwise saturate SSIM's
+    constants, which assume values in [0, max_val])."""
+    if config.loss.ssim_max_val is not None:
+        return float(config.loss.ssim_max_val)
+    from xtc.data import DATASETS
+
+    return float(DATASETS.get(config.data.name).depth_range[1])

@@ -1,14 +1,19 @@
 """Loss weighting: combine the group losses (L_S, L_D) into the total (paper-spec §3.4).
 
 One small interface, :class:`Weighting`: ``forward(groups) -> total``, ``after_step()`` (after
-``optimizer.step()``), ``end_epoch()`` (once per epoch) and ``weights()`` for logging. The
+``optimizer.step()``), ``end_epoch(reduce)`` (once per epoch) and ``weights()`` for logging. The
 names are the ``WEIGHTINGS`` registry: ``fixed``, ``uncertainty``, ``gradnorm``, ``dwa``.
 Learnable weights are ``nn.Parameter``s, optimised with the network by the same optimiser.
+
+State (DWA's loss sums, GradNorm's L(0)) changes in ``after_step`` only: ``forward`` stashes
+what its step would add and ``after_step`` commits it, so a step the trainer skips (a
+non-finite loss with ``train.nonfinite=skip``) leaves no trace; the next ``forward`` replaces
+the stash. The stash is a plain attribute, not a buffer: it is never in a checkpoint.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import nn
@@ -40,8 +45,9 @@ class Weighting(nn.Module):
     def after_step(self) -> None:
         """Called after ``optimizer.step()``."""
 
-    def end_epoch(self) -> None:
-        """Called once at the end of every training epoch."""
+    def end_epoch(self, reduce: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> None:
+        """Called once at the end of every training epoch. ``reduce`` sums a tensor over
+        the ranks of a distributed run (None in one process)."""
 
     def weights(self) -> dict[str, float]:
         """The current multiplier of every group, for logging."""
@@ -105,11 +111,13 @@ class GradNormWeighting(Weighting):
 
     One ``backward`` then gives the network gradients of sum_i w_i L_i only (the GradNorm loss
     is a function of w alone; the authors' leaked into the network) and w gradients of the
-    GradNorm loss only. L_i(0) is recorded once, at the first training step (the authors reset
-    it every step of epoch 1). ``after_step`` renormalises w in place so sum_i w_i = n (the same
-    Parameter the optimiser holds; the authors replaced it). The authors also halved each term
-    (l_i = 1/2 w_i L_i), a constant scale we drop. In eval mode (or without grad) the total is
-    sum_i w_i L_i with detached weights. The reported ``total`` includes the GradNorm term.
+    GradNorm loss only. L_i(0) is recorded once, by the first applied training step with finite
+    losses (the authors reset it every step of epoch 1; a skipped non-finite first batch would
+    otherwise poison every later ratio); until then the step's own losses serve (r_i = 1).
+    ``after_step`` renormalises w in place so sum_i w_i = n (the same Parameter the optimiser
+    holds; the authors replaced it). The authors also halved each term (l_i = 1/2 w_i L_i), a
+    constant scale we drop. In eval mode (or without grad) the total is sum_i w_i L_i with
+    detached weights. The reported ``total`` includes the GradNorm term.
     """
 
     def __init__(self, names: Sequence[str], shared_parameter: torch.Tensor, alpha: float = 0.16):
@@ -122,15 +130,16 @@ class GradNormWeighting(Weighting):
         self._shared = (shared_parameter,)  # a tuple: not registered, the model owns it
         self.register_buffer("initial_losses", torch.zeros(len(self.names)))
         self.register_buffer("initialised", torch.tensor(False))
+        self._pending_initial: Optional[torch.Tensor] = None  # L(0) candidate, see after_step
 
     def forward(self, groups: dict[str, torch.Tensor]) -> torch.Tensor:
         losses = self.stack(groups)
         w = self.task_weights
         if not (self.training and torch.is_grad_enabled() and losses.requires_grad):
             return (w.detach() * losses).sum()
+        initial = self.initial_losses
         if not bool(self.initialised):
-            self.initial_losses.copy_(losses.detach())
-            self.initialised.fill_(True)
+            initial = self._pending_initial = losses.detach().clone()
         shared = self._shared[0]
         norms = []
         for loss in losses.unbind():
@@ -138,7 +147,7 @@ class GradNormWeighting(Weighting):
             norms.append(torch.zeros((), device=losses.device) if grad is None
                          else grad.detach().norm())
         grad_norms = w * torch.stack(norms)                            # G_i, grad only to w
-        ratios = losses.detach() / self.initial_losses.clamp_min(1e-12)
+        ratios = losses.detach() / initial.clamp_min(1e-12)
         relative = ratios / ratios.mean().clamp_min(1e-12)             # r_i
         targets = (grad_norms.mean() * relative.pow(self.alpha)).detach()  # C_i
         gradnorm_loss = (grad_norms - targets).abs().sum()
@@ -146,6 +155,10 @@ class GradNormWeighting(Weighting):
 
     @torch.no_grad()
     def after_step(self) -> None:
+        pending, self._pending_initial = self._pending_initial, None
+        if pending is not None and not bool(self.initialised) and bool(pending.isfinite().all()):
+            self.initial_losses.copy_(pending)
+            self.initialised.fill_(True)
         w = self.task_weights
         w.clamp_(min=1e-4)  # keep weights positive if a large step overshoots
         w.mul_(len(self.names) / w.sum())
@@ -161,8 +174,9 @@ class DWAWeighting(Weighting):
 
     w_k(t) = n exp(r_k(t-1) / T) / sum_j exp(r_j(t-1) / T), r_k(t-1) = Lbar_k(t-1) / Lbar_k(t-2)
     with Lbar the mean training loss of group k over an epoch; w = 1 for the first two epochs.
-    Losses are accumulated in training mode only; ``end_epoch`` rolls the epoch means. The
-    weights are constants (no gradient).
+    Losses are accumulated in training mode only, on applied steps (``after_step``);
+    ``end_epoch`` rolls the epoch means, summed over the ranks first under DDP so every rank
+    gets the weights of the global batch. The weights are constants (no gradient).
     """
 
     def __init__(self, names: Sequence[str], temperature: float = 2.0):
@@ -174,16 +188,29 @@ class DWAWeighting(Weighting):
         self.register_buffer("running_count", torch.zeros((), dtype=torch.long))
         self.register_buffer("history", torch.zeros(2, n))  # [t-2, t-1]
         self.register_buffer("epochs", torch.zeros((), dtype=torch.long))
+        self._pending: Optional[torch.Tensor] = None  # this step's losses, see after_step
 
     def forward(self, groups: dict[str, torch.Tensor]) -> torch.Tensor:
         losses = self.stack(groups)
         if self.training:
-            self.running_sum += losses.detach().to(self.running_sum.dtype)
-            self.running_count += 1
+            self._pending = losses.detach().to(self.running_sum.dtype, copy=True)
         return (self.current.to(losses.dtype) * losses).sum()
 
     @torch.no_grad()
-    def end_epoch(self) -> None:
+    def after_step(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            self.running_sum += pending
+            self.running_count += 1
+
+    @torch.no_grad()
+    def end_epoch(self, reduce: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> None:
+        if reduce is not None:  # every rank calls it (a collective), even with no steps
+            total = reduce(torch.cat([self.running_sum.double(),
+                                      self.running_count.double().reshape(1)]))
+            self.running_sum.copy_(total[:-1].to(self.running_sum.dtype))
+            self.running_count.fill_(int(round(float(total[-1]))))
+        self._pending = None  # a skipped last step's stash
         if int(self.running_count) == 0:  # no training step this epoch: nothing to roll
             return
         mean = self.running_sum / self.running_count
