@@ -165,6 +165,40 @@ def test_delta_m_by_hand_sign_and_errors():
     assert "negative = improvement" in DELTA_M_CONVENTION
 
 
+def test_delta_m_task_weights_tasks_not_metrics():
+    from xtc.metrics import METRIC_TASK, delta_m_task
+
+    base = {"miou": 0.5, "pixel_acc": 0.8, "abs_err": 1.0}
+    res = {"miou": 0.55, "pixel_acc": 0.8, "abs_err": 0.8}  # seg: -10% and 0%; depth: -20%
+    assert delta_m(res, base) == pytest.approx(100 * (-0.1 + 0 - 0.2) / 3)  # -10: one vote per metric
+    assert delta_m_task(res, base) == pytest.approx(100 * ((-0.1 + 0) / 2 - 0.2) / 2)  # -12.5: per task
+    # two metrics per task: both weightings agree
+    full = {**base, "rel_err": 0.5}
+    assert delta_m_task({**res, "rel_err": 0.6}, full) == pytest.approx(delta_m({**res, "rel_err": 0.6}, full))
+    # the override moves abs_err into seg: one task, the mean of the three changes
+    assert delta_m_task(res, base, metric_task={"abs_err": "seg"}) == pytest.approx(-10.0)
+    assert METRIC_TASK["normal_30"] == "normal" and METRIC_TASK["rel_err"] == "depth"
+    with pytest.raises(ValueError, match="no task known for \\['foo'\\]"):
+        delta_m_task({"foo": 2.0}, {"foo": 1.0}, {"foo": True})
+    assert delta_m_task({"foo": 2.0}, {"foo": 1.0}, {"foo": True}, {"foo": "x"}) == pytest.approx(-100.0)
+
+
+def test_normal_metrics_directions():
+    # NYUv2 normals: angle errors lower is better, within-angle shares higher is better
+    base = {"normal_mean": 20.0, "normal_median": 10.0, "normal_11": 0.4, "normal_22": 0.5, "normal_30": 0.6}
+    better = {"normal_mean": 18.0, "normal_median": 9.0, "normal_11": 0.44, "normal_22": 0.55, "normal_30": 0.66}
+    assert delta_m(better, base) == pytest.approx(-10.0)
+    assert not higher_is_better("test_normal_mean") and higher_is_better("normal_11")
+
+
+def test_delta_m_convention_credits_the_sign_correctly():
+    # Maninis et al. 2019 define Δm higher-is-better; the lower-is-better sign is CAGrad's / Nash-MTL's
+    maninis = next(s for s in DELTA_M_CONVENTION.split(";") if "Maninis" in s)
+    assert "opposite sign" in maninis and "higher is" in maninis
+    assert "Nash-MTL" in DELTA_M_CONVENTION and "CAGrad" in DELTA_M_CONVENTION
+    assert "Task-weighted" in DELTA_M_CONVENTION and "Senushkin" in DELTA_M_CONVENTION
+
+
 def test_higher_is_better_for_model_selection():
     assert higher_is_better("miou") and higher_is_better("val_delta1") and higher_is_better("seg_agreement")
     assert not higher_is_better("val_loss") and not higher_is_better("abs_err")

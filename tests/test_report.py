@@ -111,11 +111,11 @@ def test_summary_mean_std_delta_m_match_hand_computed(tmp_path):
     assert x["delta_m"] == pytest.approx(expected)  # about -17.03: an improvement
     assert groups["stl-seg"]["delta_m"] == pytest.approx(0.0)
     table = summary.comparison_table(summary.aggregate(rows))
-    assert table[3]["mIoU"] == "0.5500 ± 0.0707" and table[3]["Δm% vs STL (lower better)"].startswith("-17.03")
+    assert table[3]["mIoU"] == "0.5500 ± 0.0707" and table[3][summary.DM_METRIC].startswith("-17.03")
     assert "| method |" in summary.to_markdown(table) and "<td>xtc</td>" in summary.to_html(table)
     no_stl = summary.aggregate([r for r in rows if not r["method"].startswith("stl")])
     assert no_stl[0]["delta_m"] is None  # no baselines: no Δm, and the table still renders
-    assert summary.comparison_table(no_stl)[0]["Δm% vs STL (lower better)"] == ""
+    assert summary.comparison_table(no_stl)[0][summary.DM_METRIC] == ""
     text = summary.protocol_text(rows)
     assert "RUNS DISAGREE" in text and "mtl-s1" in text and "seeds: 0, 1" in text and "Δm" in text
 
@@ -178,3 +178,32 @@ def test_plans_cannot_write_outside_the_reports_folder(field, value, tmp_path):
         report.run_sweep(path, reports_dir=tmp_path / "reports", progress=False)
     assert not (tmp_path / "escape").exists() and not (tmp_path / "reports").exists()
     assert report.run_name({"method": "../../x", "seed": 0}) == "_.._x-s0"
+
+
+def test_collect_lists_every_unreadable_run_but_not_analysis_outputs(tmp_path):
+    """A truncated results.json used to vanish from the summary silently (mtl's Δm moved
+    from +14.40 to +62.34); now the caller gets it in ``problems``."""
+    _fake_runs(tmp_path)
+    problems: list = []
+    assert len(summary.collect(tmp_path, problems=problems)) == 8 and problems == []  # 90_summary: analysis
+    results.write(tmp_path / "x" / "eval-val", metrics={"val": {"miou": 0.1}}, split="val")  # another split
+    results.write(tmp_path / "03", metrics={"surface": {}, "interpolation": {}})  # 03_loss_landscape
+    results.write(tmp_path / ".attempts" / "mtl-s0-1", metrics={"test": {"miou": 0.9}})  # moved aside
+    text = (tmp_path / "mtl-s1" / "results.json").read_text()
+    (tmp_path / "mtl-s1" / "results.json").write_text(text[: len(text) // 2])
+    (tmp_path / "odd").mkdir()
+    (tmp_path / "odd" / "results.json").write_text('{"metrics": {"val": {"miou": 0.5}}}')
+    rows = summary.collect(tmp_path, problems=problems)
+    assert sorted(r["name"] for r in rows) == ["mtl-s0", "stl-depth-s0", "stl-depth-s1", "stl-seg-s0",
+                                               "stl-seg-s1", "xtc-s0", "xtc-s1"]
+    assert [(Path(p["path"]).parent.name, p["reason"].split(" (")[0]) for p in problems] == [
+        ("mtl-s1", "is not valid JSON"), ("odd", "has no metrics.test")]
+    assert summary.collect(tmp_path) == rows  # without a list: same rows, nothing raised
+
+
+def test_a_named_run_with_seeds_gets_one_folder_per_seed(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({"runs": [{"method": "xtc", "lambda1": 0.0, "seeds": [0, 1],
+                                              "name": "xtc-lambda0"}]}))
+    runs = report.expand_runs(report.load_plan(path))
+    assert [(n, p["seed"]) for n, p in runs] == [("xtc-lambda0-s0", 0), ("xtc-lambda0-s1", 1)]

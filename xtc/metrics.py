@@ -23,8 +23,8 @@ from torch import Tensor
 __all__ = ["DELTA_M_CONVENTION", "DEPTH_EPS", "HIGHER_IS_BETTER", "confusion_matrix",
            "iou_from_confusion", "miou_from_confusion", "pixel_acc_from_confusion",
            "legacy_miou_per_image", "depth_error_sums", "depth_metrics",
-           "consistency_energy_maps", "delta_m", "higher_is_better", "SegmentationMeter", "DepthMeter",
-           "ConsistencyMeter"]
+           "consistency_energy_maps", "delta_m", "delta_m_task", "METRIC_TASK", "higher_is_better",
+           "SegmentationMeter", "DepthMeter", "ConsistencyMeter"]
 
 DEPTH_EPS = 1e-6  # predictions are clamped to this before log and ratios (the depth head is unbounded)
 
@@ -202,14 +202,27 @@ def consistency_energy_maps(predictions: dict[str, Tensor]) -> dict[str, Tensor]
 
 
 # ----------------------------------------------------------------------------- delta_m
-DELTA_M_CONVENTION = ("Δm% = (100/T) Σ_k (-1)^δ_k (M_k - M_base,k) / M_base,k, δ_k = 1 if higher is "
-                      "better (Maninis et al. 2019): lower is better, negative = improvement over the baselines.")
+DELTA_M_CONVENTION = (
+    "Δm% = (100/T) Σ_k (-1)^δ_k (M_k - M_base,k) / M_base,k, δ_k = 1 if higher is better: lower is "
+    "better, negative = improvement over the baselines (the sign of Liu et al. 2021, CAGrad, and "
+    "Navon et al. 2022, Nash-MTL; Maninis et al. 2019 define it with the opposite sign, higher is "
+    "better). Metric-weighted: the mean over all T metrics. Task-weighted (Senushkin et al. 2023, "
+    "Aligned-MTL): the mean over tasks of each task's mean over its metrics, so a task with many "
+    "metrics (5 for surface normals) does not outweigh the others.")
 
 HIGHER_IS_BETTER: dict[str, bool] = {
     "miou": True, "pixel_acc": True, "delta1": True, "delta2": True, "delta3": True,
     "abs_err": False, "rel_err": False, "rmse": False, "log_rmse": False,
+    # NYUv2 surface normals (MTAN protocol): angle errors in degrees, within-t° shares as fractions
+    "normal_mean": False, "normal_median": False, "normal_11": True, "normal_22": True, "normal_30": True,
 }
 
+# The task each metric belongs to, for the task-weighted Δm.
+METRIC_TASK: dict[str, str] = {
+    "miou": "seg", "pixel_acc": "seg",
+    **{m: "depth" for m in ("abs_err", "rel_err", "rmse", "log_rmse", "delta1", "delta2", "delta3")},
+    **{m: "normal" for m in ("normal_mean", "normal_median", "normal_11", "normal_22", "normal_30")},
+}
 
 def higher_is_better(metric: str) -> bool:
     """Direction of any logged metric name (``val_``/``test_`` prefixes allowed), for model selection.
@@ -228,34 +241,65 @@ def higher_is_better(metric: str) -> bool:
                      f"miou_legacy, seg_agreement, a loss (val_loss, loss_seg, ...) or an energy")
 
 
+def _relative_changes(results: dict[str, float], baselines: dict[str, float],
+                      higher_is_better: dict[str, bool] | None, caller: str) -> dict[str, float]:
+    """(-1)^δ_k (M_k - M_b,k) / M_b,k per metric both contain (positive = worse)."""
+    direction = {**HIGHER_IS_BETTER, **(higher_is_better or {})}
+    common = [k for k in results if k in baselines]
+    if not common:
+        raise ValueError(f"{caller}: no metric in common between results {sorted(results)} "
+                         f"and baselines {sorted(baselines)}")
+    unknown = [k for k in common if k not in direction]
+    if unknown:
+        raise ValueError(f"{caller}: unknown direction for {unknown}; pass higher_is_better={{name: True/False}}")
+    out = {}
+    for k in common:
+        base = float(baselines[k])
+        if base == 0:
+            raise ValueError(f"{caller}: baseline for {k!r} is 0, the relative change is undefined")
+        out[k] = (-1.0 if direction[k] else 1.0) * (float(results[k]) - base) / base
+    return out
+
+
 def delta_m(results: dict[str, float], baselines: dict[str, float],
             higher_is_better: dict[str, bool] | None = None) -> float:
-    """Δm% of ``results`` against ``baselines`` over the metrics both contain.
+    """Metric-weighted Δm% of ``results`` against ``baselines`` over the metrics both contain.
 
     Δm% = (100/T) Σ_k (-1)^{δ_k} (M_m,k - M_b,k) / M_b,k, δ_k = 1 if higher is better, so
-    **lower Δm is better and a negative value is an improvement** over the baselines.
-    ``higher_is_better`` extends/overrides :data:`HIGHER_IS_BETTER`.
+    **lower Δm is better and a negative value is an improvement** over the baselines
+    (:data:`DELTA_M_CONVENTION`). ``higher_is_better`` extends/overrides :data:`HIGHER_IS_BETTER`.
 
     Example:
         >>> round(delta_m({"miou": 0.55, "abs_err": 0.9}, {"miou": 0.5, "abs_err": 1.0}), 6)  # both 10% better
         -10.0
     """
-    direction = {**HIGHER_IS_BETTER, **(higher_is_better or {})}
-    common = [k for k in results if k in baselines]
-    if not common:
-        raise ValueError(f"delta_m: no metric in common between results {sorted(results)} "
-                         f"and baselines {sorted(baselines)}")
-    unknown = [k for k in common if k not in direction]
+    changes = _relative_changes(results, baselines, higher_is_better, "delta_m")
+    return 100.0 * sum(changes.values()) / len(changes)
+
+
+def delta_m_task(results: dict[str, float], baselines: dict[str, float],
+                 higher_is_better: dict[str, bool] | None = None,
+                 metric_task: dict[str, str] | None = None) -> float:
+    """Task-weighted Δm% (Senushkin et al. 2023): the mean over tasks of each task's mean
+    relative change, over the metrics both contain; same sign as :func:`delta_m`.
+
+    Equal to :func:`delta_m` when every task has as many metrics as the others.
+    ``metric_task`` extends/overrides :data:`METRIC_TASK` (metric -> task name).
+
+    Example:
+        >>> round(delta_m_task({"miou": 0.55, "abs_err": 1.0, "rel_err": 1.0},
+        ...                    {"miou": 0.5, "abs_err": 1.0, "rel_err": 1.0}), 6)  # seg -10%, depth 0%
+        -5.0
+    """
+    changes = _relative_changes(results, baselines, higher_is_better, "delta_m_task")
+    tasks = {**METRIC_TASK, **(metric_task or {})}
+    unknown = [k for k in changes if k not in tasks]
     if unknown:
-        raise ValueError(f"delta_m: unknown direction for {unknown}; pass higher_is_better={{name: True/False}}")
-    total = 0.0
-    for k in common:
-        base = float(baselines[k])
-        if base == 0:
-            raise ValueError(f"delta_m: baseline for {k!r} is 0, the relative change is undefined")
-        sign = -1.0 if direction[k] else 1.0
-        total += sign * (float(results[k]) - base) / base
-    return 100.0 * total / len(common)
+        raise ValueError(f"delta_m_task: no task known for {unknown}; pass metric_task={{name: task}}")
+    per_task: dict[str, list[float]] = {}
+    for k, v in changes.items():
+        per_task.setdefault(tasks[k], []).append(v)
+    return 100.0 * sum(sum(v) / len(v) for v in per_task.values()) / len(per_task)
 
 
 # ----------------------------------------------------------------------------- meters

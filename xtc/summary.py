@@ -2,17 +2,23 @@
 
 Pure data in, data out: no notebook or papermill imports, no pandas. 90_summary, the
 reports index and tests use it. A *row* is one run; a *group* is the runs that share the
-``group_by`` values (normally ``method`` and ``cross_task``), reported as mean ± sample std
-over seeds with n. Δm% is computed against the single-task runs found among the rows
-(``stl-seg`` gives miou/pixel_acc, ``stl-depth`` gives abs_err/rel_err, each the mean over
-its seeds) with :data:`xtc.metrics.DELTA_M_CONVENTION` (lower is better).
+``group_by`` values (normally ``method`` and ``cross_task``) **and the protocol**, reported
+as mean ± sample std over seeds with n. Δm% is computed against the single-task runs of the
+same protocol (``stl-seg`` gives miou/pixel_acc, ``stl-depth`` gives abs_err/rel_err, each
+the mean over its seeds), metric- and task-weighted, with
+:data:`xtc.metrics.DELTA_M_CONVENTION` (lower is better).
+
+Protocols (``protocol["name"]`` in results.json; ``"xtc"`` when absent) select and report
+differently, so their numbers never share a ranking: the tables here refuse groups of more
+than one protocol, :func:`side_by_side` shows them in separate column blocks, and
+:func:`beside_published` puts published rows only beside runs of their protocol and dataset.
 
 Example:
     >>> rows = [{"name": "a", "method": "mtl", "cross_task": "-", "seed": 0, "metrics": {"miou": 0.5}},
     ...         {"name": "b", "method": "mtl", "cross_task": "-", "seed": 1, "metrics": {"miou": 0.7}}]
     >>> g = aggregate(rows)[0]
-    >>> round(g["mean"]["miou"], 3), round(g["std"]["miou"], 3), g["n"]
-    (0.6, 0.141, 2)
+    >>> round(g["mean"]["miou"], 3), round(g["std"]["miou"], 3), g["n"], g["protocol"]
+    (0.6, 0.141, 2, 'xtc')
 """
 
 from __future__ import annotations
@@ -29,6 +35,9 @@ METRICS = ("miou", "pixel_acc", "abs_err", "rel_err")
 LABELS = {"miou": "mIoU", "pixel_acc": "pixel acc", "abs_err": "abs err", "rel_err": "rel err"}
 SEG_BASELINE, DEPTH_BASELINE = "stl-seg", "stl-depth"
 SEG_METRICS, DEPTH_METRICS = ("miou", "pixel_acc"), ("abs_err", "rel_err")
+DEFAULT_PROTOCOL = "xtc"  # runs written before results.json named its protocol
+PROTOCOL_FIRST = ("name", "model_selection", "reported_metrics")  # printed first by protocol_text
+DM_METRIC, DM_TASK = "Δm% metric-wt (lower better)", "Δm% task-wt (lower better)"
 # Short names a row carries, and the results.json params they come from.
 FIELDS = {"method": "model.method", "cross_task": "loss.cross_task", "seed": "train.seed",
           "lambda1": "loss.lambda1", "lambda2": "loss.lambda2", "weighting": "loss.weighting",
@@ -36,53 +45,125 @@ FIELDS = {"method": "model.method", "cross_task": "loss.cross_task", "seed": "tr
 
 
 # --------------------------------------------------------------------------- rows
-def collect(source: str | Path | Iterable[str | Path], split: str = "test") -> list[dict]:
+def collect(source: str | Path | Iterable[str | Path], split: str = "test",
+            problems: list | None = None) -> list[dict]:
     """One row per run that has a results.json with ``metrics[split]``.
 
-    ``source`` is a folder (searched recursively for results.json) or a list of run
-    folders / results.json paths. Analysis outputs (no ``metrics[split]``) are skipped.
-    A row holds ``name``, ``run_dir``, the :data:`FIELDS` (cross_task is ``"-"`` for
-    methods without cross-task terms), ``metrics`` (that split, numbers only),
-    ``params``, ``protocol`` and ``wall_time_s``.
+    ``source`` is a folder (searched recursively for results.json, skipping hidden folders
+    such as a plan's ``.attempts/``, which hold superseded runs) or a list of run folders /
+    results.json paths. A row holds ``name``, ``run_dir``, the :data:`FIELDS` (cross_task
+    is ``"-"`` for methods without cross-task terms), ``metrics`` (that split, numbers
+    only), ``params``, ``protocol`` and ``wall_time_s``.
+
+    Skipped without a problem: analysis outputs (``metrics`` holds none of the split
+    sections train/val/test, e.g. 90_summary's ``groups``) and evaluations of another split
+    (``"split": "val"``). Every other file that gives no row is a problem: when
+    ``problems`` is a list, one ``{"path", "reason"}`` is appended for it, so that a table
+    never silently loses a run.
     """
+    def skip(path: Path, reason: str) -> None:
+        if problems is not None:
+            problems.append({"path": str(path), "reason": reason})
+
+    def kind(value: Any) -> str:  # JSON's names, as a user reading the file sees them
+        return {list: "array", str: "string", bool: "boolean", int: "number", float: "number",
+                type(None): "null", dict: "object"}.get(type(value), type(value).__name__)
+
     if isinstance(source, (str, Path)):
         root = Path(source)
         if not root.exists():
             raise FileNotFoundError(f"runs folder {root} does not exist; train runs first "
                                     f"(notebooks/02_train.ipynb or `xtc sweep FILE`)")
-        paths = sorted(root.rglob(FILENAME)) if root.is_dir() else [root]
+        paths = (sorted(p for p in root.rglob(FILENAME)
+                        if not any(part.startswith(".") for part in p.relative_to(root).parts[:-1]))
+                 if root.is_dir() else [root])
     else:
         paths = [Path(p) / FILENAME if Path(p).is_dir() else Path(p) for p in source]
     rows = []
     for path in paths:
         try:
-            doc = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue  # a half-written or foreign file is not a run
-        metrics = (doc.get("metrics") or {}).get(split)
-        if not isinstance(metrics, dict):
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            skip(path, f"cannot be read ({type(exc).__name__})")
             continue
-        rows.append(row_from_results(doc, path.parent, split))
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as exc:
+            skip(path, f"is not valid JSON ({exc.msg} at line {exc.lineno}): truncated or edited"
+                 if text.strip() else "is empty (truncated)")
+            continue
+        if not isinstance(doc, dict):
+            skip(path, f"holds a JSON {kind(doc)}, not an object")
+            continue
+        metrics = doc.get("metrics")
+        if not isinstance(metrics, dict):
+            skip(path, "has no 'metrics' object" if metrics is None
+                 else f"its 'metrics' is a JSON {kind(metrics)}, not an object")
+            continue
+        section = metrics.get(split)
+        if isinstance(section, dict):
+            rows.append(row_from_results(doc, path.parent, split))
+        elif split in metrics:
+            skip(path, f"its metrics.{split} is a JSON {kind(section)}, not an object")
+        elif isinstance(doc.get("split"), str) and doc["split"] != split:
+            continue  # an evaluation of another split (xtc evaluate --split val)
+        elif metrics and not {"train", "val", "test"} & set(metrics):
+            continue  # an analysis output (90_summary groups, 03 surfaces, 04 energy, ...)
+        else:
+            have = ", ".join(sorted(metrics)) or "nothing"
+            skip(path, f"has no metrics.{split} (metrics holds {have})")
     return rows
 
 
 def row_from_results(doc: dict, run_dir: str | Path, split: str = "test") -> dict:
-    """The row for one parsed results.json (see :func:`collect`)."""
-    params = doc.get("params") or {}
+    """The row for one parsed results.json (see :func:`collect`); parts of the wrong type
+    (a hand-edited file) count as missing rather than crashing a table."""
+    doc = doc if isinstance(doc, dict) else {}
+    params = doc.get("params") if isinstance(doc.get("params"), dict) else {}
     row: dict[str, Any] = {"name": Path(run_dir).name, "run_dir": str(run_dir)}
     for short, key in FIELDS.items():
         row[short] = params.get(key, params.get(short))
     if row["method"] not in (None, "xtc"):
         row["cross_task"] = "-"  # the setting exists in every config but only xtc uses it
-    metrics = (doc.get("metrics") or {}).get(split) or {}
-    row["metrics"] = {k: float(v) for k, v in metrics.items()
-                      if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    row.update(params=params, protocol=doc.get("protocol") or {},
+    metrics = doc.get("metrics") if isinstance(doc.get("metrics"), dict) else {}
+    section = metrics.get(split) if isinstance(metrics.get(split), dict) else {}
+    row["metrics"] = {k: float(v) for k, v in section.items()
+                      if isinstance(v, (int, float)) and not isinstance(v, bool)
+                      and math.isfinite(v)}
+    row.update(params=params, protocol=doc.get("protocol") if isinstance(doc.get("protocol"), dict) else {},
                wall_time_s=doc.get("wall_time_s"))
     return row
 
 
 # --------------------------------------------------------------------------- groups
+# Protocols first: every group and table below is of one protocol.
+def protocol_name(row: dict) -> str:
+    """The row's (or group's) protocol name: ``protocol["name"]``, ``"xtc"`` for older runs."""
+    proto = row.get("protocol")
+    if isinstance(proto, str):  # a group
+        return proto
+    return str((proto or {}).get("name") or DEFAULT_PROTOCOL)
+
+
+def by_protocol(rows: Iterable[dict]) -> dict[str, list[dict]]:
+    """Rows (or groups) split by protocol name, in order of first appearance."""
+    out: dict[str, list[dict]] = {}
+    for r in rows:
+        out.setdefault(protocol_name(r), []).append(r)
+    return out
+
+
+def check_one_protocol(rows_or_groups: Iterable[dict], what: str = "a comparison") -> str | None:
+    """The single protocol of the input (None when empty); ValueError naming them if several."""
+    names = sorted(by_protocol(rows_or_groups))
+    if len(names) > 1:
+        raise ValueError(
+            f"{what} refuses runs of different protocols ({', '.join(names)}): they select and "
+            f"report differently, so their numbers never share a ranking. Keep one protocol "
+            f"(summary.by_protocol(rows)[{names[0]!r}]) or show them with summary.side_by_side(rows)")
+    return names[0] if names else None
+
+
 def _mean_std(values: list[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (ddof=1; 0.0 for a single value)."""
     mean = sum(values) / len(values)
@@ -92,11 +173,17 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def _key(row: dict, field: str) -> Any:
+    if field == "protocol":
+        return protocol_name(row)
     return row[field] if field in row else row.get("params", {}).get(field)
 
 
 def baselines(rows: list[dict]) -> dict[str, float]:
-    """STL baselines: seg metrics from ``stl-seg``, depth metrics from ``stl-depth`` (seed means)."""
+    """STL baselines: seg metrics from ``stl-seg``, depth metrics from ``stl-depth`` (seed means).
+
+    Refuses rows of several protocols: a baseline belongs to one protocol.
+    """
+    check_one_protocol(rows, "baselines")
     out = {}
     for method, names in ((SEG_BASELINE, SEG_METRICS), (DEPTH_BASELINE, DEPTH_METRICS)):
         for m in names:
@@ -106,39 +193,50 @@ def baselines(rows: list[dict]) -> dict[str, float]:
     return out
 
 
+def _delta_ms(group: dict, members: list[dict], base: dict[str, float]) -> None:
+    """Fill the group's metric- and task-weighted Δm% (of the means) and their per-run stds."""
+    from xtc.metrics import delta_m, delta_m_task
+
+    common = {m: v for m, v in group["mean"].items() if m in base}
+    if not common:
+        return
+    for key, fn in (("delta_m", delta_m), ("delta_m_task", delta_m_task)):
+        group[key] = fn(common, base)
+        per_run = [fn({m: r["metrics"][m] for m in common if m in r["metrics"]}, base)
+                   for r in members if any(m in r["metrics"] for m in common)]
+        group[f"{key}_std"] = _mean_std(per_run)[1]
+
+
 def aggregate(rows: list[dict], group_by: Iterable[str] = ("method", "cross_task"),
               metrics: Iterable[str] = METRICS) -> list[dict]:
-    """Groups with ``n``, ``seeds``, ``mean``/``std`` per metric and Δm% vs the STL rows.
+    """Groups with ``protocol``, ``n``, ``seeds``, ``mean``/``std`` per metric and Δm% vs the STL
+    rows **of the same protocol**; runs of different protocols never share a group.
 
-    ``delta_m`` is Δm% of the group's means against :func:`baselines`; ``delta_m_std`` the
-    sample std of the per-run Δm%. Both are None when no STL run covers the group's metrics.
+    ``delta_m`` / ``delta_m_task``: metric- / task-weighted Δm% of the group's means against
+    :func:`baselines`; ``*_std`` the sample std of the per-run values. None when no STL run
+    covers the group's metrics. Sorted by protocol, then STL, mtl, xtc, the rest.
     """
-    from xtc.metrics import delta_m
-
     group_by, metrics = tuple(group_by), tuple(metrics)
-    base = baselines(rows)
-    groups: dict[tuple, list[dict]] = {}
-    for row in rows:
-        groups.setdefault(tuple(_key(row, f) for f in group_by), []).append(row)
     out = []
-    for key, members in groups.items():
-        group = {**dict(zip(group_by, key)), "n": len(members),
-                 "seeds": sorted({r["seed"] for r in members if r.get("seed") is not None}),
-                 "runs": [r["name"] for r in members], "mean": {}, "std": {},
-                 "delta_m": None, "delta_m_std": None}
-        for m in metrics:
-            values = [r["metrics"][m] for r in members if m in r["metrics"]]
-            if values:
-                group["mean"][m], group["std"][m] = _mean_std(values)
-        common = {m: v for m, v in group["mean"].items() if m in base}
-        if common:
-            group["delta_m"] = delta_m(common, base)
-            per_run = [delta_m({m: r["metrics"][m] for m in common if m in r["metrics"]}, base)
-                       for r in members if any(m in r["metrics"] for m in common)]
-            group["delta_m_std"] = _mean_std(per_run)[1]
-        out.append(group)
+    for proto, proto_rows in by_protocol(rows).items():
+        base = baselines(proto_rows)
+        groups: dict[tuple, list[dict]] = {}
+        for row in proto_rows:
+            groups.setdefault(tuple(_key(row, f) for f in group_by), []).append(row)
+        for key, members in groups.items():
+            group = {**dict(zip(group_by, key)), "protocol": proto, "n": len(members),
+                     "seeds": sorted({r["seed"] for r in members if r.get("seed") is not None}),
+                     "runs": [r["name"] for r in members], "mean": {}, "std": {},
+                     "delta_m": None, "delta_m_std": None, "delta_m_task": None, "delta_m_task_std": None}
+            for m in metrics:
+                values = [r["metrics"][m] for r in members if m in r["metrics"]]
+                if values:
+                    group["mean"][m], group["std"][m] = _mean_std(values)
+            _delta_ms(group, members, base)
+            out.append(group)
     order = {SEG_BASELINE: 0, DEPTH_BASELINE: 1, "mtl": 2, "xtc": 3}
-    return sorted(out, key=lambda g: (order.get(g.get("method"), 9), str(list(g.values())[:len(group_by)])))
+    return sorted(out, key=lambda g: (g["protocol"], order.get(g.get("method"), 9),
+                                      str([g.get(f) for f in group_by])))
 
 
 def group_label(group: dict, group_by: Iterable[str] = ("method", "cross_task")) -> str:
@@ -147,24 +245,131 @@ def group_label(group: dict, group_by: Iterable[str] = ("method", "cross_task"))
 
 
 # --------------------------------------------------------------------------- display
+def _cell(mean: float, std: float | None, n: int, digits: int) -> str:
+    spread = f" ± {std:.{digits}f}" if n > 1 and std is not None else ""  # one run: no spread
+    return f"{mean:.{digits}f}{spread}"
+
+
+def _signed(value: float, std: float | None, n: int) -> str:
+    value = round(value, 2) + 0.0  # no "-0.00"
+    return f"{value:+.2f}" + (f" ± {std:.2f}" if n > 1 and std is not None else "")
+
+
+def _dm_cells(g: dict) -> dict[str, str]:
+    return {label: "" if g[key] is None else _signed(g[key], g[f"{key}_std"], g["n"])
+            for label, key in ((DM_METRIC, "delta_m"), (DM_TASK, "delta_m_task"))}
+
+
+def _metric_cells(g: dict, metrics: tuple[str, ...], digits: int) -> dict[str, str]:
+    return {LABELS.get(m, m): _cell(g["mean"][m], g["std"][m], g["n"], digits) if m in g["mean"] else ""
+            for m in metrics}
+
+
 def comparison_table(groups: list[dict], group_by: Iterable[str] = ("method", "cross_task"),
                      metrics: Iterable[str] = METRICS, digits: int = 4) -> list[dict]:
-    """Display rows (strings): group columns, n, ``mean ± std`` per metric (mean alone for
-    one run), Δm% vs STL."""
-    group_by = tuple(group_by)
+    """Display rows (strings) of ONE protocol: group columns, n, ``mean ± std`` per metric (mean
+    alone for one run), metric- and task-weighted Δm% vs STL. Mixed protocols: ValueError."""
+    check_one_protocol(groups, "comparison_table")
+    group_by, metrics = tuple(group_by), tuple(metrics)
+    return [{**{f: str(g.get(f)) for f in group_by}, "n": str(g["n"]),
+             **_metric_cells(g, metrics, digits), **_dm_cells(g)} for g in groups]
+
+
+def side_by_side(rows: list[dict], group_by: Iterable[str] = ("method", "cross_task"),
+                 metrics: Iterable[str] = METRICS, digits: int = 4) -> list[dict]:
+    """One display row per group key, one column block per protocol (``xtc: mIoU``, ...).
+
+    Each block's Δm% is against the STL runs of that protocol; nothing is compared or ranked
+    across blocks. Rows are in :func:`aggregate` order of the first protocol holding them.
+    """
+    group_by, metrics = tuple(group_by), tuple(metrics)
+    groups = aggregate(rows, group_by, metrics)
+    protocols = list(dict.fromkeys(g["protocol"] for g in groups))
+    keys = list(dict.fromkeys(tuple(g.get(f) for f in group_by) for g in groups))
+    index = {(g["protocol"], tuple(g.get(f) for f in group_by)): g for g in groups}
     table = []
-    for g in groups:
-        row = {f: str(g.get(f)) for f in group_by}
-        row["n"] = str(g["n"])
-        for m in metrics:
-            if m not in g["mean"]:
-                row[LABELS.get(m, m)] = ""
-                continue
-            spread = f" ± {g['std'][m]:.{digits}f}" if g["n"] > 1 else ""  # one run: no spread
-            row[LABELS.get(m, m)] = f"{g['mean'][m]:.{digits}f}{spread}"
-        spread = f" ± {g['delta_m_std']:.2f}" if g["n"] > 1 and g["delta_m_std"] is not None else ""
-        row["Δm% vs STL (lower better)"] = "" if g["delta_m"] is None else f"{g['delta_m']:+.2f}{spread}"
+    for key in keys:
+        row = {f: str(v) for f, v in zip(group_by, key)}
+        for p in protocols:
+            g = index.get((p, key))
+            cells = {"n": "0", **{LABELS.get(m, m): "" for m in metrics}, DM_METRIC: "", DM_TASK: ""}
+            if g is not None:
+                cells = {"n": str(g["n"]), **_metric_cells(g, metrics, digits), **_dm_cells(g)}
+            row.update({f"{p}: {c}": v for c, v in cells.items()})
         table.append(row)
+    return table
+
+
+def _dataset_of(row: dict) -> tuple[str, Any]:
+    params = row.get("params") or {}
+    return (str(params.get("data.name", row.get("dataset")) or "(not recorded)"),
+            params.get("data.classes"))
+
+
+def published_refusal(rows: list[dict], name: str) -> str | None:
+    """Why our runs cannot stand beside published table ``name`` (None when they can).
+
+    They can when every run used the table's protocol (``mtan``) and dataset: Cityscapes with
+    ``data.classes`` 7 for ``cityscapes-7``, NYUv2 (always 13 classes) for ``nyuv2-3task``.
+    """
+    from xtc import published
+
+    meta = published.info(name)
+    want = meta["protocol"]["name"]
+    if not rows:
+        return f"no runs to put beside the published {name} rows"
+    protocols = by_protocol(rows)
+    if set(protocols) != {want}:
+        other = ", ".join(f"{p} ({len(rs)} runs)" for p, rs in protocols.items() if p != want)
+        return (f"protocol differs: the published {name} rows use the {want} protocol (no model "
+                f"selection; reported = mean of the last 10 epochs' test metrics), but the runs use "
+                f"{other}; train with the {want} protocol or compare within one protocol")
+    wrong = sorted({f"{d} ({c} classes)" if d == "cityscapes" else d
+                    for d, c in map(_dataset_of, rows)
+                    if d != meta["dataset"] or (d == "cityscapes" and c != meta["classes"])})
+    if wrong:
+        target = f"{meta['dataset']} ({meta['classes']} classes)"
+        return f"dataset differs: the published {name} rows are {target}, runs use {', '.join(wrong)}"
+    return None
+
+
+def beside_published(rows: list[dict], name: str, group_by: Iterable[str] = ("method", "cross_task"),
+                     metrics: Iterable[str] = METRICS, digits: int = 4) -> list[dict]:
+    """Our groups, then the published rows of ``name`` (same protocol only), one display table.
+
+    ValueError with :func:`published_refusal`'s reason when protocol or dataset differ. Δm%
+    columns are over the shown metrics, ours against our STL runs, each published row against
+    its table's STL row; ``Δm% printed`` is the source's own value (over all its metrics, e.g.
+    9 for NYUv2). The legacy per-image mIoU row is left out (another protocol).
+    """
+    from xtc import published
+
+    reason = published_refusal(rows, name)
+    if reason:
+        raise ValueError(f"beside_published refuses: {reason}")
+    group_by, metrics = tuple(group_by), tuple(metrics)
+    printed = "Δm% printed (source's metrics)"
+    table = []
+    for g in aggregate(rows, group_by, metrics):
+        table.append({"row": f"ours: {group_label(g, group_by)}", "source": f"this workbench ({g['protocol']})",
+                      "n": str(g["n"]), **_metric_cells(g, metrics, digits), **_dm_cells(g),
+                      printed: "", "notes": ""})
+    for r in published.table(name):
+        if not r["comparable"]:
+            continue
+        shown = {m: r["metrics"][m] for m in metrics if m in r["metrics"]}
+        cells = {"row": r["method"], "source": r["source"], "n": "",
+                 **{LABELS.get(m, m): f"{r['metrics'][m]:.{digits}f}" if m in shown else "" for m in metrics},
+                 DM_METRIC: "", DM_TASK: "",
+                 printed: "" if r["delta_m_printed"] is None else f"{r['delta_m_printed']:+.2f}"}
+        if shown and not r["baseline"]:
+            cells[DM_METRIC] = f"{published.recompute(name, r, metrics=tuple(shown)):+.2f}"
+            cells[DM_TASK] = f"{published.recompute(name, r, 'task', metrics=tuple(shown)):+.2f}"
+        flags = [f for f, on in (("third-party", r["third_party"]), ("from memory", r["from_memory"])) if on]
+        if len(shown) < len(metrics):
+            flags.append("missing " + ", ".join(LABELS.get(m, m) for m in metrics if m not in shown))
+        cells["notes"] = "; ".join(flags + ([r["note"]] if r["note"] else []))
+        table.append(cells)
     return table
 
 
@@ -194,8 +399,9 @@ def overlap_notes(groups: list[dict], metrics: Iterable[str] = METRICS,
     """Notes where two groups' means differ by less than their spread (|Δmean| < std_a + std_b).
 
     Such a difference is not resolved by these seeds; groups with one run get a note that
-    their spread is unknown.
+    their spread is unknown. Groups of ONE protocol (it compares them): else ValueError.
     """
+    check_one_protocol(groups, "overlap_notes")
     group_by = tuple(group_by)
     notes = [f"{group_label(g, group_by)}: one run only, its spread is unknown"
              for g in groups if g["n"] < 2]
@@ -216,36 +422,48 @@ def overlap_notes(groups: list[dict], metrics: Iterable[str] = METRICS,
 def protocol_text(rows: list[dict]) -> str:
     """The evaluation protocol to print above a table, from the runs' ``protocol`` sections.
 
-    Lists every protocol entry; where runs disagree it says so and names the runs per value.
+    The protocol name, selection rule and reported metrics first, then every other entry;
+    where runs disagree it says so and names the runs per value. Ends with both Δm variants.
     """
     from xtc.metrics import DELTA_M_CONVENTION
 
     if not rows:
         return "Protocol: no runs."
-    keys = sorted({k for r in rows for k in r["protocol"] if k != "seed"})
+    present = {k for r in rows for k in (r.get("protocol") or {}) if k != "seed"}
+    keys = list(PROTOCOL_FIRST) + sorted(present - set(PROTOCOL_FIRST))
     lines = [f"Protocol ({len(rows)} runs):"]
     for k in keys:
         values: dict[str, list[str]] = {}
         for r in rows:
-            values.setdefault(str(r["protocol"].get(k, "(not recorded)")), []).append(r["name"])
+            value = protocol_name(r) if k == "name" else (r.get("protocol") or {}).get(k, "(not recorded)")
+            values.setdefault(str(value), []).append(r["name"])
+        label = "protocol name" if k == "name" else k
         if len(values) == 1:
-            lines.append(f"- {k}: {next(iter(values))}")
+            lines.append(f"- {label}: {next(iter(values))}")
         else:
-            lines.append(f"- {k}: RUNS DISAGREE: " + "; ".join(
+            lines.append(f"- {label}: RUNS DISAGREE: " + "; ".join(
                 f"{v} ({', '.join(names)})" for v, names in values.items()))
+    if len(by_protocol(rows)) > 1:
+        lines.append("- several protocols: each has its own table and STL baselines; "
+                     "side_by_side shows them together, never ranked across protocols")
     seeds = sorted({r["seed"] for r in rows if r.get("seed") is not None})
     lines.append(f"- seeds: {', '.join(map(str, seeds)) or '(not recorded)'}; "
                  f"tables show mean ± sample std over seeds (n)")
-    lines.append(f"- Δm: {DELTA_M_CONVENTION} Baselines: {SEG_BASELINE} for "
-                 f"{'/'.join(SEG_METRICS)}, {DEPTH_BASELINE} for {'/'.join(DEPTH_METRICS)}.")
+    lines.append(f"- Δm (metric-weighted and task-weighted columns): {DELTA_M_CONVENTION} Baselines: "
+                 f"{SEG_BASELINE} for {'/'.join(SEG_METRICS)}, {DEPTH_BASELINE} for "
+                 f"{'/'.join(DEPTH_METRICS)}, of the same protocol.")
     return "\n".join(lines)
 
 
 def plot_tradeoff(groups: list[dict], seg: str = "miou", depth: str = "abs_err",
                   group_by: Iterable[str] = ("method", "cross_task")):
-    """Scatter of seg vs depth metric per group with ±std error bars (matplotlib Figure)."""
+    """Scatter of seg vs depth metric per group with ±std error bars (matplotlib Figure).
+
+    Groups of ONE protocol (a scatter is a comparison): else ValueError.
+    """
     import matplotlib.pyplot as plt
 
+    proto = check_one_protocol(groups, "plot_tradeoff")
     fig, ax = plt.subplots(figsize=(5, 4))
     for g in groups:
         if seg in g["mean"] and depth in g["mean"]:
@@ -253,7 +471,7 @@ def plot_tradeoff(groups: list[dict], seg: str = "miou", depth: str = "abs_err",
                         yerr=g["std"][seg], fmt="o", capsize=3, label=group_label(g, group_by))
     ax.set_xlabel(f"{LABELS.get(depth, depth)} (lower is better)")
     ax.set_ylabel(f"{LABELS.get(seg, seg)} (higher is better)")
-    ax.set_title("seg vs depth, mean ± std over seeds")
+    ax.set_title(f"seg vs depth, mean ± std over seeds ({proto or 'no'} protocol)")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
     else:

@@ -26,11 +26,13 @@ class Cityscapes(MTANDataset):
     depth_units = "inverse depth"
 
     def __init__(self, split: str, root: Union[str, Path, None] = None, *, classes: int = 7,
-                 val_fraction: float = 0.1, augment: Optional[bool] = None, seed: int = 0):
+                 val_fraction: float = 0.1, augment: Optional[bool] = None, seed: int = 0,
+                 split_seed: Optional[int] = None):
         if classes not in (7, 19):
             raise DatasetError(f"cityscapes classes={classes}: use 7 (label_7) or 19 (label_19); "
                                f"set data.classes=7 or 19")
         self.label_folder = f"label_{classes}"
         self.num_classes = classes
         self.class_names = list(CLASSES_7 if classes == 7 else CLASSES_19)
-        super().__init__(split, root, val_fraction=val_fraction, augment=augment, seed=seed)
+        super().__init__(split, root, val_fraction=val_fraction, augment=augment, seed=seed,
+                         split_seed=split_seed)
