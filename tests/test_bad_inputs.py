@@ -95,7 +95,7 @@ DATA_CASES = [
 CONFIG_CASES = [
     (["--set", "loss.lamda1=0.1"], "unknown config key 'loss.lamda1'"),
     (["--set", "train.epochs=ten"], "expected int"),
-    (["--set", "train.batch_size=-4"], "train.batch_size=-4 must be positive"),
+    (["--set", "train.batch_size=-4"], "train.batch_size=-4 is out of range"),
     (["--set", "loss.lambda2=2"], "loss.lambda2=2.0 is out of range"),
     (["--set", "model.method=pcgrad"], "model.method='pcgrad' is not valid"),
     (["--set", "model.encoder=resnet999"], "resnet999"),

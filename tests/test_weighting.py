@@ -69,7 +69,8 @@ def test_gradnorm_gradients() -> None:
     weighting = GradNormWeighting(NAMES, net.shared.weight, alpha=0.16)
     with torch.no_grad():
         weighting.task_weights.copy_(torch.tensor([0.7, 1.3]))
-    weighting(net.losses(x))  # first step records L(0) at these losses
+    weighting(net.losses(x))  # the first applied step records L(0) at these losses
+    weighting.after_step()  # (sum w = 2 already: the renormalisation leaves w as set)
     x2 = torch.randn(16, 4)
     losses = net.losses(x2)
     net.zero_grad()
@@ -141,6 +142,7 @@ def test_dwa_weights_follow_the_formula() -> None:
     for epoch, batches in enumerate(epochs):
         for seg, depth in batches:
             total = weighting({"seg": torch.tensor(seg), "depth": torch.tensor(depth)})
+            weighting.after_step()
         weights = weighting.weights()
         if epoch < 2:  # weights are 1 during the first two epochs
             assert weights == {"seg": 1.0, "depth": 1.0}
@@ -160,3 +162,87 @@ def test_dwa_weights_follow_the_formula() -> None:
     weighting.eval()
     weighting({"seg": torch.tensor(100.0), "depth": torch.tensor(100.0)})
     assert int(weighting.running_count) == 0
+
+
+def _dwa_run(epochs, skip_nan: bool) -> DWAWeighting:
+    """DWA fed ``epochs`` (lists of (seg, depth) losses) as a trainer would: forward, then
+    after_step on applied steps. With ``skip_nan`` each epoch starts with a NaN step that is
+    forwarded and then skipped (no after_step), as ``train.nonfinite=skip`` does."""
+    weighting = DWAWeighting(NAMES)
+    for batches in epochs:
+        if skip_nan:
+            weighting({"seg": torch.tensor(float("nan")), "depth": torch.tensor(1.0)})
+        for seg, depth in batches:
+            weighting({"seg": torch.tensor(seg), "depth": torch.tensor(depth)})
+            weighting.after_step()
+        weighting.end_epoch()
+    return weighting
+
+
+def test_dwa_forward_alone_does_not_accumulate() -> None:
+    """The trainer may skip a step after forward: only after_step may touch the sums."""
+    weighting = DWAWeighting(NAMES)
+    weighting({"seg": torch.tensor(2.0), "depth": torch.tensor(3.0)})
+    assert int(weighting.running_count) == 0
+    torch.testing.assert_close(weighting.running_sum, torch.zeros(2))
+    weighting({"seg": torch.tensor(1.0), "depth": torch.tensor(5.0)})  # replaces the stash
+    weighting.after_step()
+    assert int(weighting.running_count) == 1
+    torch.testing.assert_close(weighting.running_sum, torch.tensor([1.0, 5.0]))
+    assert "_pending" not in weighting.state_dict()
+    assert set(weighting.state_dict()) == set(DWAWeighting(NAMES).state_dict())
+
+
+def test_dwa_skipped_nan_step_leaves_no_trace() -> None:
+    epochs = [[(2.0, 4.0), (2.2, 4.1)], [(1.0, 3.0), (1.1, 3.2)], [(0.5, 2.7), (0.6, 2.5)]]
+    clean, skipped = _dwa_run(epochs, skip_nan=False), _dwa_run(epochs, skip_nan=True)
+    w = skipped.weights()
+    assert all(math.isfinite(v) for v in w.values())
+    assert w != {"seg": 1.0, "depth": 1.0}  # the third epoch did change the weights
+    assert w == clean.weights()
+    for name, buffer in clean.state_dict().items():
+        torch.testing.assert_close(skipped.state_dict()[name], buffer, rtol=0, atol=0, msg=name)
+
+
+def test_dwa_end_epoch_reduces_the_sums_over_ranks() -> None:
+    """Two "ranks" with different losses: after the reduce both roll the global mean."""
+    ranks = [DWAWeighting(NAMES), DWAWeighting(NAMES)]
+    per_rank = [[(2.0, 4.0), (1.0, 1.0)], [(4.0, 2.0), (3.0, 5.0)]]
+    for epoch in range(3):
+        for weighting, losses in zip(ranks, per_rank):
+            for seg, depth in losses:
+                weighting({"seg": torch.tensor(seg / (epoch + 1)),
+                           "depth": torch.tensor(depth / (epoch + 1) ** (0.5 + seg))})
+                weighting.after_step()
+        sums = [torch.cat([w.running_sum.double(), w.running_count.double().reshape(1)])
+                for w in ranks]
+        for weighting in ranks:
+            weighting.end_epoch(reduce=lambda t: sum(sums))
+    one = DWAWeighting(NAMES)
+    for epoch in range(3):
+        for losses in per_rank:
+            for seg, depth in losses:
+                one({"seg": torch.tensor(seg / (epoch + 1)),
+                     "depth": torch.tensor(depth / (epoch + 1) ** (0.5 + seg))})
+                one.after_step()
+        one.end_epoch()
+    assert ranks[0].weights() == pytest.approx(one.weights(), abs=1e-6)
+    assert ranks[1].weights() == pytest.approx(one.weights(), abs=1e-6)
+    assert one.weights() != pytest.approx({"seg": 1.0, "depth": 1.0})
+
+
+def test_gradnorm_skipped_inf_first_step_does_not_record_initial_losses() -> None:
+    net = TwoHeads()
+    weighting = GradNormWeighting(NAMES, net.shared.weight)
+    bad = net.losses(torch.randn(8, 4))
+    bad["depth"] = bad["depth"] * float("inf")
+    weighting(bad)  # skipped by the trainer: no after_step
+    assert not bool(weighting.initialised)
+    torch.testing.assert_close(weighting.initial_losses, torch.zeros(2))
+    good = net.losses(torch.randn(8, 4))
+    expected = torch.stack([good[n].detach() for n in NAMES])
+    weighting(good).backward()
+    weighting.after_step()
+    assert bool(weighting.initialised)
+    torch.testing.assert_close(weighting.initial_losses, expected)
+    assert set(weighting.state_dict()) == {"task_weights", "initial_losses", "initialised"}

@@ -14,6 +14,8 @@ Examples:
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -111,6 +113,8 @@ class TrainConfig:
     max_steps_per_epoch: Optional[int] = None  # cap for smoke runs; None = full epoch
     eval_batch_size: Optional[int] = None  # None = batch_size
     nonfinite: str = "stop"  # a NaN/inf loss term: stop (naming step and term) | skip the batch
+    max_skipped_fraction: float = 0.1  # nonfinite=skip: stop once more of an epoch's steps are
+                                       # skipped (one per epoch is always allowed)
     checkpoint_every: int = 0  # also save last.pt every N steps (0: at epoch ends only)
     grad_cosine_every: int = 0  # log cos(grad direct, grad cross-task) on the encoder every N steps
 
@@ -141,16 +145,27 @@ _CHOICES = {
     "loss.single_task_weighting": WEIGHTINGS,
     "optim.name": ("adam", "sgd"),
 }
-_RANGES = {  # field: (low, high, inclusive-low)
-    "loss.lambda1": (0.0, 1.0),
-    "loss.lambda2": (0.0, 1.0),
-    "loss.label_smoothing": (0.0, 1.0),
-    "data.val_fraction": (0.0, 0.9),
+# Every numeric field's closed range [low, high]; a float must also be finite. The upper
+# bounds are far past any sensible run and catch typos (an extra zero or two) before a
+# process allocates a 100k-channel layer. A test checks that every numeric field is here.
+_BOUNDS = {
+    "data.classes": (1, 1000), "data.height": (32, 8192), "data.width": (32, 8192),
+    "data.train_size": (1, 10_000_000), "data.test_size": (1, 10_000_000),
+    "data.val_fraction": (0.0, 0.9), "data.num_workers": (0, 256),
+    "data.seed": (0, 2**63 - 1), "data.split_seed": (0, 2**63 - 1),
+    "model.decoder_width": (1, 4096), "model.transfer_width": (1, 4096),
+    "loss.lambda1": (0.0, 1.0), "loss.lambda2": (0.0, 1.0),
+    "loss.gradnorm_alpha": (0.0, 10.0), "loss.dwa_temperature": (1e-3, 1e3),
+    "loss.label_smoothing": (0.0, 1.0), "loss.ssim_max_val": (1e-6, 1e6),
+    "optim.lr": (1e-12, 1e4), "optim.momentum": (0.0, 1.0),
+    "optim.weight_decay": (0.0, 10.0), "optim.step_size": (1, 1_000_000),
     "optim.gamma": (0.0, 1.0),
+    "train.epochs": (1, 1_000_000), "train.batch_size": (1, 65_536),
+    "train.seed": (0, 2**63 - 1), "train.max_steps_per_epoch": (1, 10**9),
+    "train.eval_batch_size": (1, 65_536), "train.max_skipped_fraction": (0.0, 1.0),
+    "train.checkpoint_every": (0, 10**9), "train.grad_cosine_every": (0, 10**9),
 }
-_POSITIVE = {"train.epochs", "train.batch_size", "optim.lr", "optim.step_size",
-             "data.height", "data.width", "data.train_size", "data.test_size",
-             "model.decoder_width", "model.transfer_width", "loss.dwa_temperature"}
+_ALIAS_NODE_LIMIT = 10_000  # YAML nodes after alias expansion (a config has ~100)
 
 
 def load(path: Union[str, Path, dict, None] = None, overrides: Union[list, dict, None] = None,
@@ -170,12 +185,15 @@ def load(path: Union[str, Path, dict, None] = None, overrides: Union[list, dict,
             raise ConfigError(f"config file {path} does not exist; pass a YAML file such as "
                               f"configs/synthetic-quick.yaml")
         try:
-            tree = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
-        if not isinstance(tree, dict):
-            raise ConfigError(f"config file {path} must hold a mapping of sections "
-                              f"(data, model, loss, optim, train), got {type(tree).__name__}")
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"config file {path} is not UTF-8 text ({exc.reason} at byte "
+                              f"{exc.start}); save it as UTF-8") from None
+        tree = parse_yaml(text, f"config file {path}")
+        if not isinstance(tree, dict) or not tree:
+            what = "is empty" if tree is None or tree == {} else f"holds a {type(tree).__name__}"
+            raise ConfigError(f"config file {path} {what}; it must map sections (data, model, "
+                              f"loss, optim, train) to their keys, e.g. train: {{epochs: 5}}")
         _apply_tree(cfg, tree, source=str(path))
     for key, value in _normalise_overrides(overrides).items():
         set_value(cfg, key, value, source="override")
@@ -211,12 +229,14 @@ def validate(cfg: Config) -> None:
     for key, choices in _CHOICES.items():
         if flat[key] not in choices:
             raise ConfigError(f"{key}={flat[key]!r} is not valid; choose one of {list(choices)}")
-    for key, (low, high) in _RANGES.items():
-        if not low <= flat[key] <= high:
-            raise ConfigError(f"{key}={flat[key]} is out of range; use a value in [{low}, {high}]")
-    for key in _POSITIVE:
-        if not flat[key] > 0:
-            raise ConfigError(f"{key}={flat[key]} must be positive")
+    for key, (low, high) in _BOUNDS.items():
+        value = flat[key]
+        if value is None:  # the Optional fields: None is their "off"/"default" value
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{key}={value} must be a finite number in [{low}, {high}]")
+        if not low <= value <= high:
+            raise ConfigError(f"{key}={value} is out of range; use a value in [{low}, {high}]")
     if cfg.data.height % 32 or cfg.data.width % 32:
         raise ConfigError(f"data.height={cfg.data.height}, data.width={cfg.data.width}: both must "
                           f"be divisible by 32 (the encoder downsamples 5 times)")
@@ -275,8 +295,70 @@ def _normalise_overrides(overrides: Union[list, dict, None]) -> dict:
         if not sep:
             raise ConfigError(f"override '{item}' must look like section.key=value, "
                               f"e.g. loss.lambda1=0.01")
-        out[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+        out[key.strip()] = parse_yaml(raw, f"override '{item}'") if raw.strip() else None
     return out
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with three fixes for configs: YAML 1.2 floats (``1e-4`` is a
+    float, not the string YAML 1.1 makes of it), duplicate keys are errors, and alias
+    expansion is bounded (a few hundred bytes of nested aliases can expand to gigabytes)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+_Loader.add_implicit_resolver(  # YAML 1.2's float syntax: 1e-4, 1E5, .5, 3. (as well as 1.0e-4)
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                   |[0-9][0-9_]*[eE][-+]?[0-9]+|\.(?:inf|Inf|INF)|[-+]\.(?:inf|Inf|INF)
+                   |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """Parse YAML text with :class:`_Loader`; errors are :class:`ConfigError` naming
+    ``source``. Used for config files, ``--set`` values and sweep files."""
+    try:
+        loader = _Loader(text)
+        try:
+            node = loader.get_single_node()
+            if node is None:
+                return None
+            size = _expanded_size(node, {})
+            if size > _ALIAS_NODE_LIMIT:
+                raise ConfigError(f"{source}: its aliases expand to {size} YAML nodes (more "
+                                  f"than {_ALIAS_NODE_LIMIT}); write the values out instead of "
+                                  f"nesting anchors")
+            return loader.construct_document(node)
+        finally:
+            loader.dispose()
+    except yaml.YAMLError as exc:
+        detail = " ".join(str(exc).split())
+        raise ConfigError(f"{source} is not valid YAML: {detail}") from None
+
+
+def _expanded_size(node, memo: dict) -> int:
+    """Nodes in ``node`` with every alias expanded, counted in linear time (memo by id)."""
+    key = id(node)
+    if key not in memo:
+        memo[key] = 1  # a recursive alias counts once (PyYAML then rejects or builds it)
+        children = node.value if isinstance(node.value, list) else []
+        total = 1
+        for child in children:
+            for part in (child if isinstance(child, tuple) else (child,)):
+                total += _expanded_size(part, memo)
+                if total > _ALIAS_NODE_LIMIT:
+                    break
+        memo[key] = total
+    return memo[key]
 
 
 def _shortcut_key(name: str) -> str:

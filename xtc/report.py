@@ -50,7 +50,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from xtc.checkpoint import atomic_write
 
@@ -147,10 +146,14 @@ def load_plan(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"sweep file {path} does not exist")
+    from xtc.config import parse_yaml  # YAML 1.2 floats, duplicate keys refused, aliases bounded
+
     try:
-        plan = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"sweep file {path} is not UTF-8 text ({exc.reason} at byte "
+                         f"{exc.start}); save it as UTF-8") from None
+    plan = parse_yaml(text, f"sweep file {path}") or {}
     if not isinstance(plan, dict):
         raise ValueError(f"{path}: must be a mapping with 'parameters' and 'grid' or 'runs'")
     unknown = set(plan) - PLAN_KEYS

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import signal
 import threading
 import time
@@ -36,8 +37,9 @@ from xtc.metrics import ConsistencyMeter, DepthMeter, SegmentationMeter
 from xtc.models import build_model_from_config
 
 
-class TrainingError(RuntimeError):
-    """Training cannot go on (e.g. a non-finite loss); the message names step and term."""
+class TrainingError(RuntimeError, ValueError):
+    """Training cannot go on (e.g. a non-finite loss); the message names step and term.
+    A ValueError too, so the CLI prints it as one line (exit 2) like other user errors."""
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -126,11 +128,10 @@ def fit(config: Config, out_dir: str | Path | None = None, resume: bool = False,
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, cfg.optim.step_size, cfg.optim.gamma)
     state = {"epoch": 0, "step": 0, "partial": {}, "history": [], "best_epoch": -1,
              "best_score": None}
+    _check_out_dir(out_dir, resume, cfg, ctx)
+    _check_eval_fits(model, (watch_set, test_set), device, cfg)
     if resume:
         state = _restore(out_dir, cfg, model, criterion, optimizer, scheduler)
-    elif out_dir is not None and (out_dir / results.FILENAME).exists():
-        raise FileExistsError(f"{out_dir} already holds a finished run (results.json); choose "
-                              f"another --out folder or pass --resume to continue it")
 
     best_in_memory = None  # selected weights when there is no out_dir to hold best.pt
 
@@ -150,7 +151,9 @@ def fit(config: Config, out_dir: str | Path | None = None, resume: bool = False,
             lr = optimizer.param_groups[0]["lr"]  # the rate this epoch trains with
             train_losses = train_one_epoch(net, criterion, optimizer, train_data, device, cfg,
                                            state, save=lambda: save("last.pt"), stop=stop,
-                                           progress=progress and ctx.is_main, ctx=ctx)
+                                           progress=progress and ctx.is_main, ctx=ctx,
+                                           last_path=out_dir / "checkpoints" / "last.pt"
+                                           if out_dir is not None else None)
             scheduler.step()
             criterion.end_epoch(reduce=(lambda t: distributed.all_reduce_sum(ctx, t))
                                 if ctx.active else None)
@@ -202,7 +205,8 @@ def fit(config: Config, out_dir: str | Path | None = None, resume: bool = False,
 
 def train_one_epoch(model, criterion, optimizer, dataset, device, cfg: Config, state: dict,
                     save=None, stop=None, progress: bool = True,
-                    ctx: distributed.Context = distributed.Context()) -> dict[str, float]:
+                    ctx: distributed.Context = distributed.Context(),
+                    last_path: Path | None = None) -> dict[str, float]:
     """Train on ``dataset`` for epoch ``state["epoch"]`` from step ``state["step"]``; returns
     the mean of every loss term (and gradient cosines when logged).
 
@@ -226,18 +230,36 @@ def train_one_epoch(model, criterion, optimizer, dataset, device, cfg: Config, s
     for step, batch in enumerate(bar, start=first):
         if step >= steps:
             break
+        # a skipped step must not leave its forward's BatchNorm statistics behind
+        buffers = ({k: b.clone() for k, b in raw.named_buffers()}
+                   if cfg.train.nonfinite == "skip" else None)
         terms = forward_losses(model, criterion, batch, device, cfg)
         values = _host_values(terms)  # the step's one host sync (a GPU runs ahead otherwise)
         bad = [name for name, value in values.items() if not math.isfinite(value)]
+        if ctx.active:  # all ranks skip (or stop) together, or DDP's all-reduce would hang
+            flag = distributed.all_reduce_sum(ctx, torch.tensor([float(bool(bad))], device=device))
+            if float(flag) and not bad:
+                bad = ["(another rank's batch shard)"]
+        kept = (f"; {last_path} holds the last saved state" if last_path is not None
+                and last_path.is_file() else "; no checkpoint was saved yet")
         if bad and cfg.train.nonfinite == "skip":
+            with torch.no_grad():
+                for name, buffer in raw.named_buffers():
+                    buffer.copy_(buffers[name])
             sums["skipped_fraction"] = sums.get("skipped_fraction", 0.0) + 1  # mean -> fraction
             state["step"] = step + 1
+            # one skipped step per epoch is always allowed: a lone bad batch in a short epoch
+            if sums["skipped_fraction"] > max(1, int(cfg.train.max_skipped_fraction * steps)):
+                raise TrainingError(
+                    f"train.nonfinite=skip skipped {int(sums['skipped_fraction'])} of the "
+                    f"{steps} steps of epoch {epoch + 1} (non-finite {bad}), more than "
+                    f"train.max_skipped_fraction={cfg.train.max_skipped_fraction}: the run is "
+                    f"not training; lower optim.lr or check the data for NaN/inf{kept}")
             continue
         if bad:
             raise TrainingError(f"non-finite loss at epoch {epoch + 1}, step {step + 1}: "
                                 f"term(s) {bad}; lower optim.lr, check the data for NaN/inf, "
-                                f"or set train.nonfinite=skip (checkpoints/last.pt holds the "
-                                f"last good state)")
+                                f"or set train.nonfinite=skip{kept}")
         if every and step % every == 0:
             for name, value in gradient_cosines(terms, raw.encoder.parameters()).items():
                 cosines.setdefault(name, []).append(value)
@@ -251,12 +273,14 @@ def train_one_epoch(model, criterion, optimizer, dataset, device, cfg: Config, s
             save()
         if stop is not None and stop.requested:
             raise TrainingInterrupted(epoch, state["step"], stop.signal_name, save is not None)
-    means = {name: total / max(steps, 1) for name, total in sums.items()}
+    applied = max(steps - sums.get("skipped_fraction", 0.0), 1)  # loss means: applied steps
+    means = {name: total / (max(steps, 1) if name == "skipped_fraction" else applied)
+             for name, total in sums.items()}
     means.update({name: sum(v) / len(v) for name, v in cosines.items()})
     if ctx.active:  # every rank saw a shard of each batch: report the mean over ranks
         names = sorted(means)
         values = distributed.all_reduce_sum(ctx, torch.tensor([means[n] for n in names],
-                                                               dtype=torch.float64))
+                                                               dtype=torch.float64, device=device))
         means = {n: float(v) / ctx.world for n, v in zip(names, values)}
     return means
 
@@ -374,7 +398,7 @@ def evaluate(model, loader, criterion=None, device: torch.device | None = None,
     if ctx.active:
         names = sorted(loss_sums)
         totals = distributed.all_reduce_sum(ctx, torch.tensor(
-            [loss_sums[n] for n in names] + [batches], dtype=torch.float64))
+            [loss_sums[n] for n in names] + [batches], dtype=torch.float64, device=device))
         loss_sums, batches = dict(zip(names, totals.tolist())), int(totals[-1])
     for name, total in loss_sums.items():
         metrics[f"loss_{name}"] = total / max(batches, 1)
@@ -450,6 +474,61 @@ def _loader(dataset, cfg: Config, shuffle: bool = False, epoch: int = 0, start_s
 def _to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
             for k, v in batch.items()}
+
+
+def _check_out_dir(out_dir: Path | None, resume: bool, cfg: Config,
+                   ctx: distributed.Context) -> None:
+    """Before any training: the folder is writable, a fresh run does not land on another
+    run's files, a finished run is not resumed, and stale temporary files are removed."""
+    if out_dir is None:
+        return
+    finished = (out_dir / results.FILENAME).exists()
+    saved = sorted(p.name for p in (out_dir / "checkpoints").glob("*.pt"))
+    if not resume and finished:
+        raise FileExistsError(f"{out_dir} already holds a finished run (results.json); choose "
+                              f"another --out folder or pass --resume to continue it")
+    if not resume and saved:
+        raise FileExistsError(f"{out_dir} holds checkpoints of an earlier run ({', '.join(saved)}) "
+                              f"and no results.json; pass --resume to continue it, or choose "
+                              f"another --out folder")
+    if resume and finished and (out_dir / "checkpoints" / "last.pt").is_file():
+        done = checkpoint.load(out_dir / "checkpoints" / "last.pt").get("epoch")
+        if done is not None and done >= cfg.train.epochs:
+            raise FileExistsError(f"--resume: {out_dir} is a finished run ({done} of "
+                                  f"train.epochs={cfg.train.epochs} epochs, results.json written); "
+                                  f"nothing to resume. To train longer, add --set train.epochs=N")
+    if not ctx.is_main:
+        return
+    try:
+        (out_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        probe = out_dir / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ValueError(f"cannot write to the output folder {out_dir} ({exc.strerror}); "
+                         f"choose a writable --out folder") from None
+    for stale in (out_dir / "checkpoints").glob(".*.tmp"):  # left by saves that were killed
+        stale.unlink(missing_ok=True)
+
+
+def _check_eval_fits(model, datasets, device, cfg: Config) -> None:
+    """One forward of the first image of every evaluated split, before training, so a split
+    the model cannot take (e.g. a size not divisible by 32) fails now, not after an epoch."""
+    was_training = model.training
+    model.eval()
+    try:
+        for dataset in datasets:
+            if len(dataset) == 0:
+                raise ValueError(f"the {dataset.split} split is empty; nothing to evaluate on")
+            image = dataset[0]["image"][None].to(device)
+            try:
+                with torch.no_grad(), runtime.autocast(device, cfg.train.precision):
+                    model(image)
+            except (RuntimeError, ValueError) as exc:
+                raise ValueError(f"the {dataset.split} split's images {tuple(image.shape[-2:])} "
+                                 f"do not fit the model: {str(exc).splitlines()[0][:200]}") from None
+    finally:
+        model.train(was_training)
 
 
 def _check_distributed(cfg: Config, ctx: distributed.Context) -> None:

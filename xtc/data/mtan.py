@@ -40,8 +40,12 @@ def split_indices(pool_size: int, split: str, val_fraction: float, seed: int) ->
     order = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, 0x5B117]))) \
         .permutation(pool_size)
     n_val = int(round(val_fraction * pool_size))
-    if split == "val" and n_val == 0 and val_fraction > 0:
-        n_val = 1
+    if n_val == 0 and val_fraction > 0:
+        n_val = 1  # at least one val image, and then never also a train image
+    if val_fraction > 0 and n_val >= pool_size:
+        raise DatasetError(f"a pool of {pool_size} images is too small to carve a val split "
+                           f"(fraction {val_fraction}) and keep train images apart from it; "
+                           f"use more images (data.train_size) or train.protocol=mtan")
     chosen = order[:n_val] if split == "val" else order[n_val:]
     return np.sort(chosen)
 
