@@ -3,7 +3,6 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.xtc-installed
-TOKEN  ?= $(shell $(PYTHON) -c 'import secrets; print(secrets.token_hex(16))')
 RUN    ?= runs/demo/$(shell date +%Y%m%d-%H%M%S)
 
 .PHONY: setup demo quick test test-fast lab clean-notebooks
@@ -38,8 +37,15 @@ test-fast: setup
 clean-notebooks: setup
 	$(PY) tools/clean_notebooks.py
 
+# The lab token is drawn once (simply expanded, only when lab is a goal; TOKEN=... picks
+# your own) and reaches Jupyter through the environment: Jupyter Server reads JUPYTER_TOKEN
+# as --IdentityProvider.token, and a token on a command line would show in `ps`.
+ifneq ($(filter lab,$(MAKECMDGOALS)),)
+TOKEN := $(or $(TOKEN),$(shell $(PYTHON) -c 'import secrets; print(secrets.token_hex(16))'))
+endif
+
+lab: export JUPYTER_TOKEN = $(TOKEN)
 lab: setup
-	@echo "JupyterLab on http://127.0.0.1:8888/lab?token=$(TOKEN)"
-	$(VENV)/bin/jupyter lab --ip 127.0.0.1 --port 8888 --no-browser \
-		--IdentityProvider.token=$(TOKEN) --notebook-dir . \
+	@echo "JupyterLab on http://127.0.0.1:8888/lab?token=$$JUPYTER_TOKEN"
+	$(VENV)/bin/jupyter lab --ip 127.0.0.1 --port 8888 --no-browser --notebook-dir . \
 		$(if $(filter 0,$(shell id -u)),--allow-root)

@@ -72,3 +72,27 @@ def test_results_are_strict_json(tmp_path):
     assert doc["metrics"]["iou"] == [0.5, None] and doc["history"][0]["loss"] is None
     with pytest.raises(FileNotFoundError, match="does not exist"):
         results.read(tmp_path / "nowhere")
+
+
+# The config keys of the oldest checkpoints (schema 1, before the schema stamp), frozen: a
+# key added to xtc.config since must have an ADDED_KEYS entry, or checkpoints written before
+# it could not be evaluated, and checkpoint.config_of would not know to refuse or fill it.
+SCHEMA_1_KEYS = {
+    "data.name", "data.root", "data.classes", "data.height", "data.width", "data.train_size",
+    "data.test_size", "data.val_fraction", "data.augment", "data.num_workers", "data.seed",
+    "model.method", "model.encoder", "model.pretrained", "model.decoder_width",
+    "model.transfer_width", "model.transfer_batch_norm", "loss.cross_task", "loss.lambda1",
+    "loss.lambda2", "loss.weighting", "loss.uncertainty_form", "loss.gradnorm_alpha",
+    "loss.dwa_temperature", "loss.depth_loss", "loss.seg2depth_loss", "loss.depth2seg_loss",
+    "loss.label_smoothing", "optim.lr", "optim.betas", "optim.weight_decay", "optim.step_size",
+    "optim.gamma", "train.epochs", "train.batch_size", "train.seed", "train.device",
+    "train.precision", "train.select", "train.max_steps_per_epoch", "train.eval_batch_size",
+}
+
+
+def test_every_config_key_added_since_schema_1_is_listed():
+    from xtc import config
+
+    keys = set(config.flatten(config.Config()))
+    assert keys - SCHEMA_1_KEYS == set(checkpoint.ADDED_KEYS)  # bump SCHEMA with a new entry
+    assert max(first for first, _ in checkpoint.ADDED_KEYS.values()) == checkpoint.SCHEMA

@@ -1,18 +1,36 @@
 """Command line: ``xtc train | evaluate | prepare | report | sweep`` (also ``python -m xtc``).
 
-Errors a user can cause (bad config, missing data, bad checkpoint) print one line
-``xtc: error: ...`` and exit with code 2, without a traceback.
+Errors a user can cause (bad config, missing data, bad checkpoint, a full disk, a folder
+that cannot be written) print one line ``xtc: error: ...`` and exit with code 2, without a
+traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
 import sys
 from pathlib import Path
 
 USAGE_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError,
                                                  FileExistsError, KeyError, NotADirectoryError)
+
+# OS errors a user causes (where they write, how long a path is, a full disk) and their fix;
+# any other OSError is a bug or a machine fault and keeps its traceback.
+USER_OS_ERRORS = {
+    errno.ENOSPC: "free disk space or write somewhere else (another --out)",
+    errno.EDQUOT: "free space within your quota or write somewhere else (another --out)",
+    errno.EACCES: "choose a folder you may write to (another --out) or fix its permissions",
+    errno.EPERM: "choose a folder you may write to (another --out) or fix its permissions",
+    errno.EROFS: "that file system is read-only: choose a writable folder (another --out)",
+    errno.ENAMETOOLONG: "shorten the path (a file or folder name may have at most 255 bytes)",
+    errno.ENOTDIR: "a part of the path is a file, not a folder: choose another path",
+    errno.EEXIST: "a file is in the way of a folder of that name: choose another path",
+    errno.EISDIR: "that path is a folder: pass a file",
+    errno.ENOENT: "check the path",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,12 +41,36 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.func(args)
-    except USAGE_ERRORS as exc:
-        print(f"xtc: error: {exc}", file=sys.stderr)
+    except (*USAGE_ERRORS, OSError) as exc:
+        message = _user_message(exc)
+        if message is None:
+            raise
+        print(f"xtc: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:  # TrainingInterrupted says where it stopped and how to resume
         print(f"xtc: {exc or 'interrupted'}", file=sys.stderr)
         return 130
+
+
+def _user_message(exc: BaseException) -> str | None:
+    """One line for an error the user can fix, or None to let it propagate (a bug)."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        if exc.errno not in USER_OS_ERRORS:
+            return None if not isinstance(exc, USAGE_ERRORS) else _one_line(str(exc))
+        where = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
+        reason = exc.strerror or os.strerror(exc.errno)
+        return _one_line(f"{where + ': ' if where else ''}{reason} "
+                         f"({errno.errorcode.get(exc.errno, exc.errno)}); "
+                         f"{USER_OS_ERRORS[exc.errno]}")
+    if isinstance(exc, OSError) and not isinstance(exc, USAGE_ERRORS):
+        return None
+    if type(exc) is KeyError:  # a bare lookup: str() would print just the quoted key
+        return f"missing entry {exc.args[0]!r} (KeyError)" if exc.args else "KeyError"
+    return _one_line(str(exc) or type(exc).__name__)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
 
 
 def _train(args) -> int:
@@ -44,38 +86,103 @@ def _train(args) -> int:
 
 
 def _evaluate(args) -> int:
+    """Evaluate a checkpoint's weights once on a split; writes a results.json of its own
+    (never over a training run's) that records the protocol and the precision used."""
+    import dataclasses
+
     from xtc import checkpoint, config, results, runtime
     from xtc.data import build_dataset_from_config
     from xtc.losses import build_criterion
     from xtc.models import build_model_from_config
     from xtc.train import _loader, evaluate
 
-    payload = checkpoint.load(args.checkpoint)
-    cfg = config.load(payload["config"], args.set or [])
+    path = Path(args.checkpoint)
+    payload = checkpoint.load(path, require=checkpoint.EVAL_ENTRIES)
+    checkpoint.check_finite(payload, path)
+    cfg = checkpoint.config_of(payload, path, args.set or [])
+    out = Path(args.out) if args.out else _run_dir(path) / f"eval-{args.split}"
+    results.check_evaluation_target(out, path, args.split)
+    _check_writable(out)
     device = runtime.choose_device(cfg.train.device)
-    dataset = build_dataset_from_config(cfg.data, args.split)
+    # evaluation measures the images as they are: no scale-crop or flip, even on train
+    dataset = build_dataset_from_config(dataclasses.replace(cfg.data, augment=False), args.split)
     model = build_model_from_config(cfg, num_classes=payload["num_classes"])
     try:
         model.load_state_dict(payload["model"])
     except RuntimeError as exc:
         detail = " ".join(line.strip() for line in str(exc).splitlines()[1:2])[:160]
-        raise ValueError(f"checkpoint {args.checkpoint} does not fit the model its config "
+        raise ValueError(f"checkpoint {path} does not fit the model its config "
                          f"describes ({detail}...); was it written by another xtc version "
                          f"or edited?") from None
     criterion = build_criterion(cfg, model)
     if "criterion" in payload:
-        criterion.load_state_dict(payload["criterion"])
+        try:
+            criterion.load_state_dict(payload["criterion"])
+        except RuntimeError:
+            trained = (payload["config"].get("loss", {}) if isinstance(payload["config"], dict)
+                       else {})
+            raise checkpoint.CheckpointError(
+                f"checkpoint {path}'s loss state (trained with loss.weighting="
+                f"{trained.get('weighting', '?')}, loss.single_task_weighting="
+                f"{trained.get('single_task_weighting', '?')}) does not fit the criterion of "
+                f"loss.weighting={cfg.loss.weighting}, loss.single_task_weighting="
+                f"{cfg.loss.single_task_weighting}; drop the loss.* --set overrides, the "
+                f"checkpoint's own loss settings apply") from None
+    precision = runtime.resolve_precision(cfg.train.precision, device)
     metrics = evaluate(model.to(device), _loader(dataset, cfg), criterion.to(device), device,
-                       cfg.train.precision, progress=not args.quiet)
-    run_dir = Path(args.checkpoint).resolve().parent.parent
-    out = Path(args.out) if args.out else run_dir / f"eval-{args.split}"
+                       precision, progress=not args.quiet)
     results.write(out, params=config.flatten(cfg), metrics={args.split: metrics},
-                  checkpoint=str(args.checkpoint), split=args.split,
-                  provenance={**runtime.provenance(device),
+                  kind="evaluation", checkpoint=str(path.resolve()), split=args.split,
+                  protocol=_evaluation_protocol(cfg, dataset, args.split, path),
+                  provenance={**runtime.provenance(device), "precision": precision,
                               "dataset_fingerprint": dataset.fingerprint()})
     print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, list)}, indent=2))
     print(f"wrote {out / results.FILENAME}", file=sys.stderr)
     return 0
+
+
+def _run_dir(checkpoint_path: Path) -> Path:
+    """RUN for RUN/checkpoints/X.pt; the checkpoint's own folder for a file elsewhere."""
+    parent = checkpoint_path.resolve().parent
+    return parent.parent if parent.name == "checkpoints" else parent
+
+
+def _evaluation_protocol(cfg, dataset, split: str, path: Path) -> dict:
+    """What an evaluation's numbers mean, as training's results.json says for its own."""
+    return {
+        "name": "evaluate",
+        "split": split,
+        "weights": f"the checkpoint's weights ({path.name}), evaluated once",
+        "augmentation": "none (the split's images as they are, train included)",
+        "miou": "dataset-level confusion matrix over the split (miou_legacy: per-image mean, "
+                "the paper code's formula)",
+        "depth_units": dataset.depth_units,
+        "depth_metrics": "over all valid pixels (target > 0) of the split",
+        "training_protocol": cfg.train.protocol,
+        "seed": cfg.train.seed,
+    }
+
+
+def _check_writable(folder: Path) -> None:
+    """Fail now, not after the evaluation, when ``folder`` cannot be written; the folders
+    this creates to find out are removed again."""
+    import tempfile
+
+    created, probe = [], folder
+    while not probe.exists():
+        created.append(probe)
+        probe = probe.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".xtc-write-test-", dir=folder)
+        os.close(fd)
+        os.unlink(tmp)
+    finally:
+        for made in created:
+            try:
+                made.rmdir()
+            except OSError:
+                pass
 
 
 def _prepare(args) -> int:

@@ -52,6 +52,48 @@ def read(path: str | Path) -> dict:
         raise ValueError(f"{path} is not valid JSON ({exc}); rerun the run that wrote it") from None
 
 
+def is_evaluation(doc: dict) -> bool:
+    """Written by ``xtc evaluate`` (``kind: evaluation``; earlier versions: a ``checkpoint``
+    and a ``split`` and no training ``history``)."""
+    return doc.get("kind") == "evaluation" or (
+        "checkpoint" in doc and "split" in doc and "history" not in doc)
+
+
+def check_evaluation_target(out_dir: str | Path, checkpoint: str | Path, split: str) -> None:
+    """Refuse an ``out_dir`` whose results.json ``xtc evaluate`` must not replace.
+
+    The rule: only an earlier evaluation of the same checkpoint (resolved path) on the same
+    split may be replaced (re-running an evaluation refreshes its own result). A training
+    run's results.json (its history, selected epoch and test metrics cannot be rebuilt from
+    one checkpoint), another checkpoint's or split's evaluation, and a file that is not
+    valid JSON are refused: each is a result that would otherwise be lost.
+    """
+    path = Path(out_dir) / FILENAME
+    if not path.exists():
+        return
+    try:
+        doc = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        doc = None
+    if isinstance(doc, dict) and is_evaluation(doc):
+        same = (doc.get("split") == split
+                and Path(str(doc.get("checkpoint"))).resolve() == Path(checkpoint).resolve())
+        if same:
+            return
+        what = (f"the evaluation of {doc.get('checkpoint')} on its {doc.get('split')} split")
+    elif isinstance(doc, dict) and "history" in doc:
+        what = "a training run's results (history, selected epoch, test metrics)"
+    elif isinstance(doc, dict):
+        what = "results that xtc evaluate did not write"
+    else:
+        what = "a file that is not results JSON"
+    out_dir = Path(out_dir)
+    other = (out_dir / f"eval-{split}" if out_dir.name != f"eval-{split}"
+             else out_dir.with_name(f"{out_dir.name}-2"))
+    raise FileExistsError(f"{path} already holds {what}; xtc evaluate will not overwrite it: "
+                          f"pass another --out folder, e.g. --out {other}")
+
+
 def _strict(value: Any) -> Any:
     """Make ``value`` strict-JSON: NaN/inf -> None, tuples -> lists, tensors -> numbers."""
     if isinstance(value, dict):

@@ -26,8 +26,8 @@ def choose_device(name: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"train.device={name!r} but this machine has no CUDA device; "
-                           f"use train.device=auto or cpu")
+        raise ValueError(f"train.device={name!r} but this machine has no CUDA device; "
+                         f"use train.device=auto or cpu")
     return device
 
 

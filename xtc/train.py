@@ -29,7 +29,6 @@ from torch.utils.data import DataLoader
 
 from xtc import checkpoint, distributed, results, runtime, selection
 from xtc.config import Config, flatten
-from xtc.config import from_dict as config_from_dict
 from xtc.data import build_dataset_from_config
 from xtc.data.resident import ResidentSplit
 from xtc.losses import build_criterion
@@ -588,8 +587,8 @@ def _restore(out_dir, cfg, model, criterion, optimizer, scheduler) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"--resume: {path} does not exist; start the run without "
                                 f"--resume (or point --out at the run folder to continue)")
-    payload = checkpoint.load(path)
-    saved, now = flatten(config_from_dict(payload["config"])), flatten(cfg)
+    payload = checkpoint.load(path, require=checkpoint.RESUME_ENTRIES)  # names a missing entry
+    saved, now = flatten(checkpoint.config_of(payload, path)), flatten(cfg)  # no silent defaults
     changed = sorted(k for k in now if saved[k] != now[k] and k != "train.epochs")
     if changed:
         raise ValueError(f"--resume: the config differs from the one {path} was trained "
