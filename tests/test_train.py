@@ -27,6 +27,8 @@ def test_fit_writes_results_and_loadable_checkpoints(tiny_config, tmp_path):
     for name in ("last.pt", "best.pt"):
         payload = torch.load(tmp_path / "checkpoints" / name, weights_only=True)
         assert set(payload["model"]) == set(run.model.state_dict())
+        # best.pt holds the reported weights only; last.pt what a resume needs
+        assert ("optimizer" in payload) == (name == "last.pt")
     with pytest.raises(FileExistsError, match="already holds a finished run"):
         train.fit(tiny_config(), out_dir=tmp_path, progress=False)
 

@@ -139,8 +139,10 @@ def fit(config: Config, out_dir: str | Path | None = None, resume: bool = False,
         if out_dir is None and name == "best.pt":
             best_in_memory = {k: v.detach().clone() for k, v in model.state_dict().items()}
         if out_dir is not None and ctx.is_main:
-            checkpoint.save(_payload(cfg, model, criterion, optimizer, scheduler, state),
-                            out_dir / "checkpoints" / name)
+            payload = _payload(cfg, model, criterion, optimizer, scheduler, state)
+            if name == "best.pt":  # the reported weights: evaluation needs no optimiser state
+                payload = {k: v for k, v in payload.items() if k not in ("optimizer", "scheduler")}
+            checkpoint.save(payload, out_dir / "checkpoints" / name)
 
     with _StopOnSignal() as stop:
         for epoch in range(state["epoch"], cfg.train.epochs):
