@@ -116,7 +116,7 @@ def test_published_refusal_names_protocol_or_dataset():
 def test_beside_published_cityscapes_rows():
     table = summary.beside_published(_mtan_cityscapes(), "cityscapes-7")
     labels = [r["row"] for r in table]
-    assert labels[:3] == ["ours: stl-seg", "ours: stl-depth", "ours: xtc/consistency"] and "STL" in labels
+    assert labels[:3] == ["ours: stl-seg", "ours: stl-depth", "ours: xtc consistency"] and "STL" in labels
     assert "MTAN paper" not in labels  # legacy per-image mIoU: another protocol
     ours = table[2]
     by_hand = 25 * (-(0.75 - 0.7401) / 0.7401 - (0.94 - 0.9316) / 0.9316 + (0.0120 - 0.0125) / 0.0125

@@ -683,9 +683,13 @@ def _write_status(out: Path, record: dict) -> Path:
 
 # --------------------------------------------------------------------------- index
 def build_index(reports_dir: str | Path = "reports") -> Path:
-    """Write ``<reports_dir>/index.html`` (atomic): every run with links, a summary table
-    (method, cross-task, seed, mIoU, pixel acc, abs err, rel err, status), failures, and
-    every plan.json / status.json / results.json it could not read, with the reason."""
+    """Write ``<reports_dir>/index.html`` (atomic). Per plan folder: every run with its status
+    and links (executed .ipynb, .html, results.json) and its test metrics; then, per protocol,
+    the mean ± std comparison table over the plan's readable runs (:func:`xtc.summary.report_table`:
+    units and ↑/↓ in the headers, Δm% vs STL) and the seg-vs-depth trade-off figure as an
+    inline PNG (works offline). Also failures, and every plan.json / status.json / results.json
+    it could not read, with the reason."""
+    from xtc import summary
     from xtc.summary import METRICS, collect
 
     root = Path(reports_dir)
@@ -696,7 +700,7 @@ def build_index(reports_dir: str | Path = "reports") -> Path:
         problems.append(f"<li><b>{html.escape(_rel(path, root))}</b>: {html.escape(reason)}</li>")
 
     for plan_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        rows = []
+        rows, readable = [], []
         plan_records, why = _load_json(plan_dir / "plan.json", list)
         if why:
             problem(plan_dir / "plan.json", f"{why}; runs are listed by name instead "
@@ -728,13 +732,17 @@ def build_index(reports_dir: str | Path = "reports") -> Path:
                 problem(run / "results.json", "changed after the run finished (sha256 differs "
                                               "from status.json); rerun the sweep to redo it")
                 state = "changed"
+            if got and state not in ("changed", "failed", "unreadable"):
+                readable.append(got[0])
             links = " ".join(f'<a href="{html.escape(str(f.relative_to(root)))}">{f.suffix[1:]}</a>'
                              for f in sorted(run.glob("*")) if f.suffix in (".html", ".ipynb")
                              or f.name == "results.json")
-            cells = [run.name, row.get("method") or "", row.get("cross_task") or "",
-                     "" if row.get("seed") is None else row["seed"]]
-            cells += [f"{row['metrics'][m]:.4f}" if m in row["metrics"] else "" for m in METRICS]
-            rows.append((state, cells, links))
+            cells = {"run": run.name, "method": row.get("method") or "",
+                     "cross-task": row.get("cross_task") or "",
+                     "seed": "" if row.get("seed") is None else row["seed"]}
+            cells.update({summary.LABELS[m]: f"{row['metrics'][m]:.4f}" if m in row["metrics"] else ""
+                          for m in METRICS})
+            rows.append({**cells, "status": state, "files": links})
             if state == "failed":
                 nb = Path(str(status.get("notebook") or run))
                 failures.append(
@@ -748,14 +756,9 @@ def build_index(reports_dir: str | Path = "reports") -> Path:
                 f"{ATTEMPTS}/ (each MOVED_ASIDE.json says why); they are not in this table.</p>"
                 if moved else "")
         if rows:
-            head = "".join(f"<th>{h}</th>" for h in ("run", "method", "cross-task", "seed", "mIoU",
-                                                     "pixel acc", "abs err", "rel err",
-                                                     "status", "files"))
-            body = "".join(f'<tr class="{html.escape(s)}">'
-                           + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells)
-                           + f"<td>{html.escape(s)}</td><td>{links}</td></tr>" for s, cells, links in rows)
-            sections.append(f"<h2>{html.escape(plan_dir.name)}</h2><table><thead><tr>{head}"
-                            f"</tr></thead><tbody>{body}</tbody></table>{note}")
+            sections.append(f"<h2>{html.escape(plan_dir.name)}</h2>"
+                            f"{summary.to_html(rows, raw=('files',), row_class='status')}{note}"
+                            f"{_index_comparison(readable, len(rows))}")
     fail_html = (f"<h2>Failures</h2><ul>{''.join(failures)}</ul>" if failures
                  else "<p>No failed runs.</p>")
     prob_html = (f"<h2>Problems ({len(problems)})</h2><p>Files that could not be read or do "
@@ -768,9 +771,54 @@ def build_index(reports_dir: str | Path = "reports") -> Path:
             f"<h1>xtc reports</h1>"
             f"<p>Metrics are test-split values from each run's results.json (its protocol "
             f"section states the mIoU formula, depth units and model selection); "
-            f"90_summary aggregates them over seeds.</p>{fail_html}{prob_html}{''.join(sections)}"
+            f"each plan's comparison table aggregates them over seeds (mean ± sample std, n), "
+            f"one table per protocol; 90_summary adds the significance tests.</p>"
+            f"{fail_html}{prob_html}{''.join(sections)}"
             f"<p><small>generated {time.strftime('%Y-%m-%d %H:%M:%S')}</small></p></body></html>")
     return atomic_write(root / "index.html", lambda tmp: tmp.write_text(page))
+
+
+def _index_comparison(rows: list[dict], listed: int) -> str:
+    """The plan's mean ± std table and trade-off figure, one per protocol ('' without rows)."""
+    from xtc import summary
+
+    if not rows:
+        return ""
+    parts = summary.by_protocol(rows)
+    left = listed - len(rows)
+    out = [f"<h3>Mean ± sample std over seeds ({len(rows)} readable run(s)"
+           + (f"; {left} listed above left out: failed, unreadable, changed or not a training run"
+              if left else "") + ")</h3>"
+           f"<p>mIoU and pixel acc are fractions (0-1), rel err a ratio, abs err in the runs' "
+           f"depth units; ↑ higher is better, ↓ lower is better; Δm% is against the stl-seg / "
+           f"stl-depth runs of the same protocol (negative is an improvement). Protocols are "
+           f"never ranked together.</p>"]
+    for proto, proto_rows in parts.items():
+        group_by = summary.grouping(proto_rows)
+        groups = summary.aggregate(proto_rows, group_by)
+        units = summary.depth_units(proto_rows)
+        out.append(f"<h4>Protocol {html.escape(proto)}</h4>" if len(parts) > 1 else "")
+        out.append(summary.to_html(summary.report_table(groups, group_by, depth_units=units)))
+        if any("miou" in g["mean"] and "abs_err" in g["mean"] for g in groups):
+            fig = summary.plot_tradeoff(groups, group_by=group_by, depth_units=units)
+            out.append(f'<p><img alt="mIoU vs abs err per method, mean ± std over seeds '
+                       f'({html.escape(proto)} protocol)" src="{_png_data_uri(fig)}"></p>')
+    return "".join(out)
+
+
+def _png_data_uri(fig) -> str:
+    """A matplotlib figure as a ``data:image/png;base64,...`` URI (closed afterwards)."""
+    import base64
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
+    finally:
+        plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def _load_json(path: Path, kind: type = dict) -> tuple[Any, str | None]:

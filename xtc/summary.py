@@ -239,9 +239,83 @@ def aggregate(rows: list[dict], group_by: Iterable[str] = ("method", "cross_task
                                       str([g.get(f) for f in group_by])))
 
 
+CROSS_TASK_FIELDS = ("cross_task", "lambda1", "lambda2", "transfer_detach_input")  # xtc only
+AUTO_FIELDS = ("lambda1", "lambda2", "model.transfer_detach_input")  # added by grouping() when they vary
+
+
+def _short(field: str) -> str:
+    """``loss.lambda1`` -> ``lambda1``: the name a group field goes by in a label."""
+    return field.rsplit(".", 1)[-1]
+
+
+def _number(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
+
+
 def group_label(group: dict, group_by: Iterable[str] = ("method", "cross_task")) -> str:
-    """``xtc/consistency``, ``mtl``: the group's values, ``-`` entries left out."""
-    return "/".join(str(group[f]) for f in group_by if group.get(f) not in (None, "-"))
+    """The group in words, for legends, notes and verdicts; deterministic in its fields.
+
+    ``stl-seg``, ``mtl``, ``xtc consistency``, ``xtc consistency, λ=0`` (lambda1 = lambda2 = 0),
+    ``xtc consistency, λ1=0`` (only lambda1 in ``group_by``), ``xtc consistency, detached
+    control`` (``model.transfer_detach_input`` true), ``weighting=dwa`` for any other field.
+    Cross-task settings are left out for methods other than xtc (they do not use them), and
+    unset (None, ``-``) or false detach values are left out.
+    """
+    values = {_short(f): group.get(f) for f in group_by if group.get(f) not in (None, "-")}
+    method = values.pop("method", None)
+    xtc_like = method in (None, "xtc")
+    words = [str(method)] if method is not None else []
+    cross = values.pop("cross_task", None)
+    if cross is not None and xtc_like:
+        words.append(str(cross))
+    head = " ".join(words)
+    extra = []
+    l1, l2 = values.pop("lambda1", None), values.pop("lambda2", None)
+    detach = values.pop("transfer_detach_input", None)
+    if xtc_like:
+        if l1 is not None and l2 is not None:
+            extra += [f"λ={_number(l1)}"] if l1 == l2 else [f"λ1={_number(l1)}", f"λ2={_number(l2)}"]
+        elif l1 is not None or l2 is not None:
+            extra.append(f"λ1={_number(l1)}" if l1 is not None else f"λ2={_number(l2)}")
+        if detach is True or str(detach).lower() == "true":
+            extra.append("detached control")
+    for f in group_by:  # any other field, in group_by order
+        name = _short(f)
+        if name in values:
+            extra.append(f"{name} {_number(values[name])}" if name == "seed" else f"{name}={_number(values[name])}")
+    return ", ".join([head] * bool(head) + extra) or "all runs"
+
+
+def control_kind(group: dict) -> str | None:
+    """``"λ=0"`` or ``"detached"`` when the group is an xtc control run, else None.
+
+    λ=0: both cross-task weights are 0 (lambda1 = 0 with lambda2 0 or not in the group);
+    detached: ``model.transfer_detach_input`` true (no cross-task gradient reaches the net).
+    """
+    if group.get("method") not in (None, "xtc"):
+        return None
+    values = {_short(f): v for f, v in group.items() if isinstance(f, str)}
+    if values.get("transfer_detach_input") is True:
+        return "detached"
+    l1, l2 = values.get("lambda1"), values.get("lambda2")
+    if l1 is not None and l1 == 0 and (l2 is None or l2 == 0):
+        return "λ=0"
+    return None
+
+
+def grouping(rows: Iterable[dict], base: Iterable[str] = ("method", "cross_task"),
+             optional: Iterable[str] = AUTO_FIELDS) -> list[str]:
+    """``base`` plus each ``optional`` field that takes more than one value among the xtc rows
+    of some protocol: the λ=0 and detached controls get their own groups (and labels) where a
+    folder holds them, and nothing is added where every xtc run shares the setting."""
+    rows = list(rows)
+    out = list(base)
+    for f in optional:
+        for proto_rows in by_protocol(rows).values():
+            seen = {json.dumps(_key(r, f), default=str) for r in proto_rows if r.get("method") == "xtc"}
+            if len(seen) > 1 and f not in out:
+                out.append(f)
+    return out
 
 
 # --------------------------------------------------------------------------- display
@@ -383,15 +457,26 @@ def to_markdown(table: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def to_html(table: list[dict]) -> str:
-    """An HTML ``<table>`` (escaped; ``<p>no runs</p>`` when empty)."""
+def to_html(table: list[dict], raw: Iterable[str] = (), row_class: str | None = None) -> str:
+    """An HTML ``<table>`` (escaped; ``<p>no runs</p>`` when empty).
+
+    ``raw``: columns whose cells are already HTML (links), written unescaped; ``row_class``:
+    a column whose value becomes each ``<tr>``'s class (and is still shown as a cell).
+    """
     if not table:
         return "<p>no runs</p>"
-    cols = list(table[0])
+    cols, raw = list(table[0]), set(raw)
+
+    def cell(r: dict, c: str) -> str:
+        value = str(r.get(c, ""))
+        return f"<td>{value if c in raw else html.escape(value)}</td>"
+
+    def tr(r: dict) -> str:
+        cls = f' class="{html.escape(str(r.get(row_class, "")))}"' if row_class else ""
+        return f"<tr{cls}>" + "".join(cell(r, c) for c in cols) + "</tr>"
+
     head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(r.get(c, '')))}</td>" for c in cols)
-                   + "</tr>" for r in table)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(map(tr, table))}</tbody></table>"
 
 
 def overlap_notes(groups: list[dict], metrics: Iterable[str] = METRICS,
@@ -456,25 +541,264 @@ def protocol_text(rows: list[dict]) -> str:
 
 
 def plot_tradeoff(groups: list[dict], seg: str = "miou", depth: str = "abs_err",
-                  group_by: Iterable[str] = ("method", "cross_task")):
+                  group_by: Iterable[str] = ("method", "cross_task"), depth_units: str | None = None):
     """Scatter of seg vs depth metric per group with ±std error bars (matplotlib Figure).
 
-    Groups of ONE protocol (a scatter is a comparison): else ValueError.
+    Axes name the metric, its unit (:func:`metric_unit`; ``depth_units`` for abs err, e.g.
+    from :func:`depth_units`) and the better direction; legend entries are
+    :func:`group_label` words with n. Groups of ONE protocol (a scatter is a comparison):
+    else ValueError.
     """
     import matplotlib.pyplot as plt
 
     proto = check_one_protocol(groups, "plot_tradeoff")
-    fig, ax = plt.subplots(figsize=(5, 4))
+    fig, ax = plt.subplots(figsize=(7.5, 4))
     for g in groups:
         if seg in g["mean"] and depth in g["mean"]:
             ax.errorbar(g["mean"][depth], g["mean"][seg], xerr=g["std"][depth],
-                        yerr=g["std"][seg], fmt="o", capsize=3, label=group_label(g, group_by))
-    ax.set_xlabel(f"{LABELS.get(depth, depth)} (lower is better)")
-    ax.set_ylabel(f"{LABELS.get(seg, seg)} (higher is better)")
-    ax.set_title(f"seg vs depth, mean ± std over seeds ({proto or 'no'} protocol)")
+                        yerr=g["std"][seg], fmt="o", capsize=3,
+                        label=f"{group_label(g, group_by)} (n={g['n']})")
+    ax.set_xlabel(f"{LABELS.get(depth, depth)}, {metric_unit(depth, depth_units)} (lower is better)")
+    ax.set_ylabel(f"{LABELS.get(seg, seg)}, {metric_unit(seg, depth_units)} (higher is better)")
+    ax.set_title(f"seg vs depth: mean ± sample std over seeds ({proto or 'no'} protocol)", fontsize=10)
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
     else:
         ax.text(0.5, 0.5, "no run has both tasks", ha="center", transform=ax.transAxes)
     fig.tight_layout()
     return fig
+
+
+# --------------------------------------------------------------------------- units and headers
+UNITS = {"miou": "fraction", "pixel_acc": "fraction", "rel_err": "ratio"}  # abs_err: depth units
+
+
+def depth_units(rows: Iterable[dict]) -> str:
+    """The runs' depth units (``protocol["depth_units"]``): one value, or ``units differ: ...``
+    naming each with its run count, or ``units not recorded``."""
+    counts: dict[str, int] = {}
+    for r in rows:
+        u = (r.get("protocol") or {}).get("depth_units") if isinstance(r.get("protocol"), dict) else None
+        if u is not None:
+            counts[str(u)] = counts.get(str(u), 0) + 1
+    if not counts:
+        return "units not recorded"
+    if len(counts) == 1:
+        return next(iter(counts))
+    return "units differ: " + ", ".join(f"{u} ({n} run{'s' * (n != 1)})" for u, n in counts.items())
+
+
+def metric_unit(metric: str, depth_units: str | None = None) -> str:
+    """``fraction`` (mIoU, pixel acc: 0-1, not %), ``ratio`` (rel err = mean |p-t|/t), the depth
+    units for abs err (``depth units`` when not given)."""
+    if metric == "abs_err":
+        return depth_units or "depth units"
+    return UNITS.get(metric, "")
+
+
+def metric_header(metric: str, depth_units: str | None = None) -> str:
+    """``mIoU (fraction) ↑``, ``abs err (inverse depth) ↓``: name, unit, better direction."""
+    from xtc.metrics import higher_is_better
+
+    unit = metric_unit(metric, depth_units)
+    return f"{LABELS.get(metric, metric)}{f' ({unit})' if unit else ''} {'↑' if higher_is_better(metric) else '↓'}"
+
+
+DM_HEADERS = {DM_METRIC: "Δm% metric-wt (vs STL) ↓", DM_TASK: "Δm% task-wt (vs STL) ↓"}
+
+
+def report_table(groups: list[dict], group_by: Iterable[str] = ("method", "cross_task"),
+                 metrics: Iterable[str] = METRICS, depth_units: str | None = None,
+                 digits: int = 4) -> list[dict]:
+    """:func:`comparison_table` for a reader: the group in words (:func:`group_label`) as the
+    first column, seeds, and headers with units and ↑/↓ (:func:`metric_header`). ONE protocol."""
+    group_by, metrics = tuple(group_by), tuple(metrics)
+    plain = comparison_table(groups, group_by, metrics, digits)
+    heads = {LABELS.get(m, m): metric_header(m, depth_units) for m in metrics}
+    out = []
+    for g, row in zip(groups, plain):
+        new = {"runs": group_label(g, group_by), "n": row["n"],
+               "seeds": ", ".join(map(str, g.get("seeds") or [])) or "(not recorded)"}
+        new.update({heads[LABELS.get(m, m)]: row[LABELS.get(m, m)] for m in metrics})
+        new.update({DM_HEADERS[k]: row[k] for k in (DM_METRIC, DM_TASK)})
+        out.append(new)
+    return out
+
+
+# --------------------------------------------------------------------------- significance
+QUANTITIES = ("delta_m", "delta_m_task")  # then the metrics
+Q_LABELS = {"delta_m": "Δm% metric-wt", "delta_m_task": "Δm% task-wt"}
+
+
+def smallest_p(n_a: int, n_b: int) -> float:
+    """The smallest two-sided p the exact permutation test can give with n_a vs n_b runs:
+    2 / C(n_a + n_b, n_a) for equal sizes (the split and its mirror), else 1 / C(...)."""
+    total = math.comb(n_a + n_b, n_a)
+    return min(1.0, (2 if n_a == n_b else 1) / total)
+
+
+def _with_values(rows: list[dict], group_by: tuple, metrics: tuple) -> list[tuple[dict, dict]]:
+    """Groups of ONE protocol, each with its per-run values: every metric, and the per-run
+    Δm% (metric- and task-weighted) over the metrics its group's Δm uses (``dm_over``)."""
+    from xtc.metrics import delta_m, delta_m_task
+
+    check_one_protocol(rows, "significance")
+    base = baselines(rows)
+    out = []
+    for g in aggregate(rows, group_by, metrics):
+        key = tuple(g.get(f) for f in group_by)
+        members = [r for r in rows if tuple(_key(r, f) for f in group_by) == key]
+        values = {m: [r["metrics"][m] for r in members if m in r["metrics"]] for m in metrics}
+        common = tuple(m for m in g["mean"] if m in base)
+        if common and g.get("method") not in (SEG_BASELINE, DEPTH_BASELINE):
+            runs = [r for r in members if any(m in r["metrics"] for m in common)]
+            for q, fn in (("delta_m", delta_m), ("delta_m_task", delta_m_task)):
+                values[q] = [fn({m: r["metrics"][m] for m in common if m in r["metrics"]}, base) for r in runs]
+        out.append((g, {q: v for q, v in values.items() if v}, common))
+    return out
+
+
+def _test_pair(a: tuple, b: tuple, quantities: tuple) -> dict:
+    from xtc.significance import permutation_test
+
+    (ga, va, dm_a), (gb, vb, dm_b) = a, b
+    tests = {}
+    for q in quantities:
+        if q in va and q in vb and (q not in QUANTITIES or dm_a == dm_b):  # Δm over the same metrics
+            tests[q] = permutation_test(va[q], vb[q])
+    return {"a": ga, "b": gb, "tests": tests,
+            "smallest_p": smallest_p(ga["n"], gb["n"])}
+
+
+def significance(rows: list[dict], group_by: Iterable[str] = ("method", "cross_task"),
+                 metrics: Iterable[str] = METRICS) -> list[dict]:
+    """Every pair of groups (of ONE protocol) that shares a quantity: ``{"a", "b" (groups),
+    "tests": {quantity: permutation_test result}, "smallest_p"}``. Quantities: the per-run
+    Δm% (``delta_m``, ``delta_m_task``; only between groups whose Δm uses the same metrics,
+    so never for the STL groups) and each metric. Tests are exact two-sided permutation tests
+    of the per-run values (:func:`xtc.significance.permutation_test`), uncorrected for the
+    number of pairs."""
+    group_by, metrics = tuple(group_by), tuple(metrics)
+    rows = list(rows)
+    have = _with_values(rows, group_by, metrics) if rows else []
+    out = []
+    for i, a in enumerate(have):
+        for b in have[i + 1:]:
+            pair = _test_pair(a, b, QUANTITIES + metrics)
+            if pair["tests"]:
+                out.append(pair)
+    return out
+
+
+def _p(p: float) -> str:
+    return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
+
+
+def significance_table(rows: list[dict], group_by: Iterable[str] = ("method", "cross_task"),
+                       metrics: Iterable[str] = METRICS, depth_units: str | None = None) -> list[dict]:
+    """:func:`significance` as ONE compact display matrix: a row per pair of groups (A, B, n,
+    the smallest p those n allow), a column per quantity with ``p=…, d=…`` (Cohen's d of A
+    minus B; the header's ↑/↓ says which sign is better) and ``✓`` where p < 0.05; empty
+    where the pair does not share the quantity."""
+    from xtc.significance import ALPHA
+
+    group_by, metrics = tuple(group_by), tuple(metrics)
+    heads = {**{q: f"{Q_LABELS[q]} ↓" for q in QUANTITIES},
+             **{m: metric_header(m, depth_units) for m in metrics}}
+    table = []
+    for pair in significance(rows, group_by, metrics):
+        a, b = pair["a"], pair["b"]
+        row = {"A": group_label(a, group_by), "B": group_label(b, group_by),
+               "n (A vs B)": f"{a['n']} vs {b['n']}", "smallest possible p": _p(pair["smallest_p"])}
+        for q in QUANTITIES + metrics:
+            t = pair["tests"].get(q)
+            if t is None:
+                row[heads[q]] = ""
+                continue
+            d = "n/a" if t["d"] is None else f"{t['d']:+.2f}"
+            row[heads[q]] = f"p={_p(t['p'])}, d={d}" + (" ✓" if t["p"] < ALPHA else "")
+        table.append(row)
+    return table
+
+
+def verdict(rows: list[dict], group_by: Iterable[str] = ("method", "cross_task"),
+            metrics: Iterable[str] = METRICS) -> str:
+    """A paragraph per protocol, in words: which group has the best (lowest) metric- and
+    task-weighted Δm%, and whether its differences against mtl, the λ=0 / detached controls
+    and the runner-up are resolved by the seeds (exact permutation test of per-run Δm% and
+    of each metric, p < 0.05), saying plainly where they are not and the smallest p the seed
+    counts allow. Nothing is compared across protocols."""
+    from xtc.significance import ALPHA
+
+    group_by, metrics = tuple(group_by), tuple(metrics)
+    rows = list(rows)
+    if not rows:
+        return "No runs: nothing to compare."
+    parts = by_protocol(rows)
+    paras = []
+    for proto, proto_rows in parts.items():
+        prefix = f"Protocol {proto}: " if len(parts) > 1 else ""
+        have = _with_values(proto_rows, group_by, metrics)
+        ranked = [h for h in have if h[0]["delta_m"] is not None
+                  and h[0].get("method") not in (SEG_BASELINE, DEPTH_BASELINE)]
+        if not ranked:
+            paras.append(prefix + "no Δm: these runs have no multi-task group with stl-seg and stl-depth "
+                         "baselines of this protocol, so there is no ranking to state.")
+            continue
+        label = lambda h: group_label(h[0], group_by)  # noqa: E731
+        dm = lambda g, k: f"{g[k]:+.2f} ± {g[k + '_std']:.2f}" if g["n"] > 1 else f"{g[k]:+.2f}"  # noqa: E731
+        best = min(ranked, key=lambda h: (h[0]["delta_m"], label(h)))
+        best_task = min(ranked, key=lambda h: (h[0]["delta_m_task"], label(h)))
+        g = best[0]
+        text = [f"Best metric-weighted Δm%: {label(best)} ({dm(g, 'delta_m')} %, n={g['n']}"
+                f"{'' if g['n'] > 1 else ', one run: its spread is unknown'})"]
+        if best_task is best:
+            text[0] += f"; it also has the best task-weighted Δm% ({dm(g, 'delta_m_task')} %)."
+        else:
+            gt = best_task[0]
+            text[0] += (f"; best task-weighted Δm%: {label(best_task)} ({dm(gt, 'delta_m_task')} %, "
+                        f"n={gt['n']}): the two weightings disagree on the winner.")
+        refs = [h for h in have if h[0].get("method") == "mtl"]
+        refs += [h for h in have if control_kind(h[0])]
+        others = sorted((h for h in ranked if h is not best), key=lambda h: (h[0]["delta_m"], label(h)))
+        refs += others[:1]
+        seen = []
+        for h in refs:
+            if h is best or any(h is s for s in seen):
+                continue
+            seen.append(h)
+            role = ("mtl" if h[0].get("method") == "mtl" else
+                    f"the {control_kind(h[0])} control" if control_kind(h[0]) else "the runner-up")
+            pair = _test_pair(best, h, QUANTITIES + metrics)
+            who = f"mtl (n={h[0]['n']})" if role == "mtl" else f"{role} ({label(h)}, n={h[0]['n']})"
+            text.append(_against(pair, who, metrics, ALPHA))
+        if not seen:
+            text.append("There is no mtl, control or second multi-task group to test it against.")
+        paras.append(prefix + " ".join(text))
+    paras.append("Tests: exact two-sided permutation tests of per-run values (Δm% and each metric), "
+                 "resolved = p < 0.05, d = Cohen's d of the best group minus the other; no correction "
+                 "for the several comparisons made here.")
+    return "\n\n".join(paras)
+
+
+def _d(t: dict) -> str:
+    return "" if t["d"] is None else f", d={t['d']:+.2f}"
+
+
+def _against(pair: dict, who: str, metrics: tuple, alpha: float) -> str:
+    names = {**Q_LABELS, **{m: LABELS.get(m, m) for m in metrics}}
+    n_a, n_b = pair["a"]["n"], pair["b"]["n"]
+    floor = pair["smallest_p"]
+    tests = pair["tests"]
+    if not tests:
+        return f"Against {who}: no quantity in common to test."
+    done = [f"{names[q]} (p={_p(t['p'])}{_d(t)})" for q, t in tests.items() if t["p"] < alpha]
+    open_ = [f"{names[q]} (p={_p(t['p'])})" for q, t in tests.items() if t["p"] >= alpha]
+    out = f"Against {who}: "
+    if done:
+        out += "resolved for " + ", ".join(done) + ("; " if open_ else ".")
+    if open_:
+        out += (f"not resolved by {n_a} vs {n_b} seeds for " + ", ".join(open_)
+                + f" (smallest possible p with {n_a} vs {n_b} is {_p(floor)}"
+                + (f", so {n_a} vs {n_b} seeds can never reach p < {alpha:g})." if floor >= alpha else ")."))
+    return out
