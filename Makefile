@@ -49,3 +49,12 @@ lab: setup
 	@echo "JupyterLab on http://127.0.0.1:8888/lab?token=$$JUPYTER_TOKEN"
 	$(VENV)/bin/jupyter lab --ip 127.0.0.1 --port 8888 --no-browser --notebook-dir . \
 		$(if $(filter 0,$(shell id -u)),--allow-root)
+
+# The explorer as a Voilà app (code cells hidden) on http://127.0.0.1:8866 behind a token:
+# `make app`, or `make app APP_RUN=runs/demo/X` to open on that run (else the runs found under
+# runs/ and reports/, else a tiny run it trains). TOKEN=... picks the token, else `xtc app`
+# draws one and prints the URL; it reaches Voilà through JUPYTER_TOKEN, never a command line.
+.PHONY: app
+app: export JUPYTER_TOKEN = $(or $(TOKEN),$(JUPYTER_TOKEN))
+app: setup
+	$(PY) -m xtc app $(if $(APP_RUN),--run $(APP_RUN)) $(if $(PORT),--port $(PORT))

@@ -1,4 +1,4 @@
-"""Command line: ``xtc train | evaluate | prepare | report | sweep`` (also ``python -m xtc``).
+"""Command line: ``xtc train | evaluate | prepare | report | sweep | app`` (also ``python -m xtc``).
 
 Errors a user can cause (bad config, missing data, bad checkpoint, a full disk, a folder
 that cannot be written) print one line ``xtc: error: ...`` and exit with code 2, without a
@@ -216,6 +216,13 @@ def _sweep(args) -> int:
     return _print_records(records, args.reports_dir)
 
 
+def _app(args) -> int:
+    """Serve the explorer as a Voilà app on 127.0.0.1 behind a token (see xtc.viz.app)."""
+    from xtc.viz import app
+
+    return app.serve(args.run, port=args.port, token=args.token)
+
+
 def _print_records(records: list, reports_dir: Path) -> int:
     """One line per notebook; exit 1 when any run failed (its notebook is linked)."""
     for r in records:
@@ -275,6 +282,19 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--workers", type=int, default=1, help="runs in parallel")
     sweep.add_argument("--reports-dir", type=Path, default=Path("reports"))
     sweep.set_defaults(func=_sweep)
+
+    app = sub.add_parser("app", help="serve the prediction explorer as a Voilà app",
+                         description="Serve the prediction explorer (notebooks/app.ipynb) as a "
+                         "Voilà app on 127.0.0.1, code hidden, behind a token; prints its URL.")
+    app.add_argument("--run", default=os.environ.get("XTC_APP_RUN") or None,
+                     help="run folder shown first (relative paths resolve from the repository "
+                     "root; default $XTC_APP_RUN, else the runs found under runs/ and reports/, "
+                     "else a tiny run trained on first view)")
+    app.add_argument("--port", type=int, default=8866, help="port on 127.0.0.1 (default 8866)")
+    app.add_argument("--token", default=None,
+                     help="access token (default $JUPYTER_TOKEN, else a random one, printed); "
+                     "a token given here shows in `ps`, so prefer JUPYTER_TOKEN")
+    app.set_defaults(func=_app)
     return parser
 
 

@@ -27,7 +27,7 @@ _EXPORTS = {
     "panel_names": "explorer", "render": "explorer", "static_gallery": "explorer",
     "Explorer": "explorer", "find_runs": "explorer",
 }
-_SUBMODULES = ("plots", "source", "explorer")
+_SUBMODULES = ("plots", "source", "explorer", "app")
 
 __all__ = sorted([*_EXPORTS, "repo_path", "runs_root", "output_dir"])
 

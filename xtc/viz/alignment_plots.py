@@ -25,6 +25,8 @@ PANELS = (("grad_cos_seg", "cos(∇L_seg, ∇L_seg2depth) on the encoder"),
           ("grad_cos_depth", "cos(∇L_depth, ∇L_depth2seg) on the encoder"),
           ("seg_energy", "val seg energy (KL, nats)"),
           ("depth_energy", "val depth energy (|s2d - d|)"))
+# matplotlib colour maps of error and energy maps, shared with the explorer (xtc.viz.explorer)
+ERROR_CMAP, ENERGY_CMAP = "Reds", "magma"
 
 
 def plot_alignment_curves(rows: Sequence[Mapping], path: Union[str, Path, None] = None):
@@ -55,9 +57,10 @@ def plot_energy_maps(maps: Mapping[str, Mapping[str, np.ndarray]], n: int = 2,
     Energy and error of a task share a row so their overlap can be seen at a glance."""
     import matplotlib.pyplot as plt
 
-    columns = (("image", "image", None), ("seg_error", "seg error", "Reds"),
-               ("seg_energy", "seg energy", "magma"), ("depth_error", "|depth error|", "Reds"),
-               ("depth_energy", "depth energy", "magma"))
+    columns = (("image", "image", None), ("seg_error", "seg error", ERROR_CMAP),
+               ("seg_energy", "seg energy", ENERGY_CMAP),
+               ("depth_error", "|depth error|", ERROR_CMAP),
+               ("depth_energy", "depth energy", ENERGY_CMAP))
     items = [(run, i) for run, m in maps.items() for i in range(min(n, len(m["image"])))]
     fig = figure((2.2 * len(columns), 2.1 * len(items)))
     axes = fig.subplots(len(items), len(columns), squeeze=False)
