@@ -45,7 +45,7 @@ TARGET_S = 10.0
 
 def make_config(args, device: torch.device) -> xconfig.Config:
     overrides = ["train.precision=auto", "train.channels_last=true", "data.resident=true",
-                 "data.val_fraction=0", f"train.device={device}"]
+                 "data.val_fraction=0", "train.protocol=mtan", f"train.device={device}"]
     if args.data_root:
         overrides += ["data.name=cityscapes", f"data.root={args.data_root}"]
     else:

@@ -94,8 +94,12 @@ def test_non_finite_loss_stops_with_step_and_term(tiny_config, monkeypatch):
     monkeypatch.setattr(train, "build_criterion", poisoned)
     with pytest.raises(TrainingError, match=r"epoch 1, step 1: term\(s\) \['depth', 'total'\]"):
         train.fit(tiny_config(), progress=False)
-    run = train.fit(tiny_config("train.nonfinite=skip", "train.epochs=1"), progress=False)
-    assert run.history[0]["train_skipped_fraction"] > 0
+    # every step is bad: skipping all of them is not training, and stops (max_skipped_fraction)
+    with pytest.raises(TrainingError, match="max_skipped_fraction"):
+        train.fit(tiny_config("train.nonfinite=skip", "train.epochs=1"), progress=False)
+    run = train.fit(tiny_config("train.nonfinite=skip", "train.epochs=1",
+                                "train.max_skipped_fraction=1.0"), progress=False)
+    assert run.history[0]["train_skipped_fraction"] == 1.0
 
 
 def test_gradient_cosines_are_logged_per_epoch(tiny_config):
