@@ -1,3 +1,7 @@
+import socket
+import time
+from pathlib import Path
+
 import pytest
 
 from xtc import config
@@ -17,3 +21,27 @@ def tiny_config():
         return config.load(None, [*TINY, *overrides])
 
     return make
+
+
+# Real-browser tests drive Debian's Chromium (Playwright's own browser download is not used).
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run", "--disable-sync"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, proc, log: Path | None = None, tries: int = 120) -> bool:
+    """True once ``port`` accepts connections (polling every 0.5 s); fails if ``proc`` exits."""
+    for _ in range(tries):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return True
+        except OSError:
+            assert proc.poll() is None, log.read_text()[-2000:] if log else "the server exited"
+            time.sleep(0.5)
+    return False

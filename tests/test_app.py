@@ -15,13 +15,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from xtc import cli
+from tests.conftest import free_port, wait_for_port
 from xtc.viz import alignment_plots, app, explorer, repo_path
 
 
@@ -32,12 +32,6 @@ def _fake_run(folder: Path, params: dict | None = None) -> Path:
     if params is not None:
         (folder / "results.json").write_text(json.dumps({"params": params}))
     return folder
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture
@@ -70,7 +64,7 @@ def test_a_bad_run_is_one_line_with_the_resolved_path(no_server, capsys, monkeyp
 
 
 def test_a_missing_token_is_generated_and_printed_never_on_the_command_line(no_server, capsys):
-    port = _free_port()
+    port = free_port()
     assert cli.main(["app", "--port", str(port)]) == 0
     assert cli.main(["app", "--port", str(port)]) == 0
     out = capsys.readouterr().out
@@ -175,19 +169,13 @@ def _status(port: int, path: str) -> tuple[int, str]:
 @pytest.mark.slow  # starts the real Voilà server (no kernel: no page is rendered)
 def test_the_server_refuses_requests_without_the_token(monkeypatch, tmp_path):
     pytest.importorskip("voila")
-    port, token = _free_port(), secrets.token_hex(16)
+    port, token = free_port(), secrets.token_hex(16)
     command, env, _ = app.prepare(None, port=port, token=token)
     env.update(JUPYTER_CONFIG_DIR=str(tmp_path / "jcfg"), JUPYTER_RUNTIME_DIR=str(tmp_path / "jrun"))
     proc = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
                             stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        for _ in range(120):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert proc.poll() is None, "the server exited"
-                time.sleep(0.5)
+        assert wait_for_port(port, proc), "the server did not listen within 60 s"
         assert token not in Path(f"/proc/{proc.pid}/cmdline").read_bytes().decode()
         for path in ("/", "/?token=" + token[::-1], "/api/kernels"):
             status, where = _status(port, path)

@@ -15,18 +15,13 @@ import http.client
 import os
 import secrets
 import signal
-import socket
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY
+from tests.conftest import CHROMIUM, CHROMIUM_ARGS, TINY, free_port, wait_for_port
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--no-first-run", "--disable-sync"]
 
 pytestmark = [
     pytest.mark.slow,
@@ -34,11 +29,6 @@ pytestmark = [
                        "(apt-get install chromium); Playwright's own browser download is not used"),
 ]
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _get(port: int, path: str) -> http.client.HTTPResponse:
@@ -58,21 +48,14 @@ def app(tmp_path):
         cfg = config.load(None, [*TINY, "train.epochs=1", "train.max_steps_per_epoch=2",
                                  f"train.seed={seed}"], method=method)
         train.fit(cfg, out_dir=runs / name, progress=False)
-    port, token = _free_port(), secrets.token_hex(16)
+    port, token = free_port(), secrets.token_hex(16)
     command, env, url = app.prepare(runs / "a", port=port, token=token)
     env.update(XTC_RUNS_DIR=str(runs), JUPYTER_CONFIG_DIR=str(tmp_path / "jcfg"),
                JUPYTER_RUNTIME_DIR=str(tmp_path / "jrun"), MPLBACKEND="agg")
     proc = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=open(tmp_path / "app.log", "wb"),
                             stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        for _ in range(120):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert proc.poll() is None, (tmp_path / "app.log").read_text()[-2000:]
-                time.sleep(0.5)
-        else:
+        if not wait_for_port(port, proc, tmp_path / "app.log"):
             pytest.fail("the app did not listen within 60 s")
         yield url, port, token, proc
     finally:
@@ -99,7 +82,7 @@ def test_app_serves_the_explorer_behind_a_token(app, tmp_path):
 
     sync_api = pytest.importorskip("playwright.sync_api")
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1100})
             page.goto(url, timeout=120_000)
