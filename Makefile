@@ -52,7 +52,7 @@ lab: setup
 
 # The explorer as a Voilà app (code cells hidden) on http://127.0.0.1:8866 behind a token:
 # `make app`, or `make app APP_RUN=runs/demo/X` to open on that run (else the runs found under
-# runs/ and reports/, else a tiny run it trains). TOKEN=... picks the token, else `xtc app`
+# runs/ and reports/, else configs/quickstart.yaml trained on first view). TOKEN=... picks the token, else `xtc app`
 # draws one and prints the URL; it reaches Voilà through JUPYTER_TOKEN, never a command line.
 .PHONY: app
 app: export JUPYTER_TOKEN = $(or $(TOKEN),$(JUPYTER_TOKEN))

@@ -41,3 +41,21 @@ def constant_baselines(train_set, eval_set, batch_size: int = 32) -> dict:
     return {"majority_class": train_set.class_names[majority], "majority_miou": s["miou"],
             "majority_pixel_acc": s["pixel_acc"], "mean_depth": mean_depth,
             "mean_depth_abs_err": d["abs_err"], "mean_depth_rel_err": d["rel_err"]}
+
+
+def beside(metrics: dict, floor: dict, depth_units: str = "inverse depth") -> list[dict]:
+    """Rows ``metric, better, this run, constant predictor`` for a run's test ``metrics``
+    next to :func:`constant_baselines` ``floor``: what 00_quickstart prints so a reader can
+    tell a trained model from a constant one.
+
+    >>> beside({"miou": 0.4, "abs_err": 0.05}, {"majority_miou": 0.07,
+    ...        "mean_depth_abs_err": 0.1})[0]["constant predictor"]
+    0.07
+    """
+    pairs = [("miou", "majority_miou", "mIoU (fraction)", "↑"),
+             ("pixel_acc", "majority_pixel_acc", "pixel accuracy (fraction)", "↑"),
+             ("abs_err", "mean_depth_abs_err", f"abs_err ({depth_units})", "↓"),
+             ("rel_err", "mean_depth_rel_err", "rel_err (fraction)", "↓")]
+    return [{"metric": label, "better": better, "this run": metrics[ours],
+             "constant predictor": floor[theirs]}
+            for ours, theirs, label, better in pairs if ours in metrics and theirs in floor]

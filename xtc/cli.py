@@ -289,7 +289,7 @@ def _parser() -> argparse.ArgumentParser:
     app.add_argument("--run", default=os.environ.get("XTC_APP_RUN") or None,
                      help="run folder shown first (relative paths resolve from the repository "
                      "root; default $XTC_APP_RUN, else the runs found under runs/ and reports/, "
-                     "else a tiny run trained on first view)")
+                     "else configs/quickstart.yaml trained on first view)")
     app.add_argument("--port", type=int, default=8866, help="port on 127.0.0.1 (default 8866)")
     app.add_argument("--token", default=None,
                      help="access token (default $JUPYTER_TOKEN, else a random one, printed); "

@@ -268,6 +268,19 @@ def flatten(cfg: Config) -> dict:
     return {f"{s}.{k}": v for s, sec in cfg.to_dict().items() for k, v in sec.items()}
 
 
+def changes(cfg: Config, base: Optional[Config] = None) -> list[dict]:
+    """Rows ``{"key", "value", "default"}`` for every field where ``cfg`` differs from
+    ``base`` (default: the validated defaults, ``load(None)``): the short form of a config a
+    report shows, with the full :func:`flatten` folded away.
+
+    >>> [(r["key"], r["value"]) for r in changes(load(None, {"train.epochs": 2}))]
+    [('train.epochs', 2)]
+    """
+    mine, theirs = flatten(cfg), flatten(base if base is not None else load(None))
+    return [{"key": k, "value": v, "default": theirs.get(k)} for k, v in mine.items()
+            if theirs.get(k) != v]
+
+
 def from_dict(tree: dict) -> Config:
     """Rebuild a config saved with :meth:`Config.to_dict` (e.g. from a checkpoint)."""
     return load(tree)

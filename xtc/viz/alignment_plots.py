@@ -78,7 +78,7 @@ def plot_energy_maps(maps: Mapping[str, Mapping[str, np.ndarray]], n: int = 2,
 
 
 def table(rows: Sequence[Mapping], digits: int = 4):
-    """HTML table of ``rows`` (see :func:`xtc.viz.landscape_plots.table`)."""
-    from xtc.viz.landscape_plots import table as html_table
+    """HTML table of ``rows`` (:func:`xtc.viz.tables.table`)."""
+    from xtc.viz.tables import table as html_table
 
     return html_table(rows, digits)

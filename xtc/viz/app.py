@@ -7,8 +7,9 @@ cells. Voilà has no papermill parameters, so the app gets its run from the envi
 * ``XTC_APP_RUN`` (``xtc app --run DIR`` sets it): the run shown first; the run dropdown also
   lists every other run found.
 * Without it: the runs under ``runs/`` (or ``XTC_RUNS_DIR``) and ``reports/``, newest first;
-  when there are none, a tiny ``xtc`` run is trained first (the same settings as
-  ``05_explorer``'s default, ~30 s on CPU) so the app always opens on something.
+  when there are none, ``configs/quickstart.yaml`` is trained first (~50 s on a 2-core CPU,
+  :func:`xtc.viz.default_run.first_run`) so the app always opens on a run that shows the
+  method working.
 
 The server listens on 127.0.0.1 behind a token that never reaches a command line (``ps``
 shows command lines): :func:`serve` passes it to Voilà as ``JUPYTER_TOKEN`` in the
@@ -27,10 +28,6 @@ from typing import Mapping, Optional
 
 ENV_RUN = "XTC_APP_RUN"
 DEFAULT_PORT = 8866
-# the tiny run 05_explorer trains when it is given none (notebooks/05_explorer.ipynb)
-TINY_RUN = {"train.epochs": 1, "train.max_steps_per_epoch": 2, "train.device": "cpu",
-            "data.height": 64, "data.width": 64, "data.train_size": 24, "data.test_size": 8,
-            "model.encoder": "resnet18", "model.decoder_width": 16, "model.transfer_width": 8}
 
 
 def notebook() -> Path:
@@ -63,19 +60,16 @@ def found_runs() -> list[Path]:
 
 def app_runs(run: str | Path | None = None, train_if_none: bool = True) -> list[Path]:
     """The runs the app offers, the one shown first first: ``run`` (default: ``$XTC_APP_RUN``)
-    and then every other run :func:`found_runs` finds; with neither, a tiny run trained now
-    into ``<runs_root>/app/<timestamp>/tiny-xtc`` (unless ``train_if_none`` is False)."""
+    and then every other run :func:`found_runs` finds; with neither, the quickstart config
+    trained now into ``<runs_root>/app/<timestamp>/quickstart`` (unless ``train_if_none`` is
+    False)."""
     run = run if run is not None else (os.environ.get(ENV_RUN) or None)
     first = [check_run(run)] if run is not None else []
     runs = list(dict.fromkeys([*first, *found_runs()]))
     if not runs and train_if_none:
-        import xtc.config
-        import xtc.train
-        from xtc.viz import output_dir
+        from xtc.viz.default_run import first_run
 
-        cfg = xtc.config.load(None, TINY_RUN)
-        runs = [xtc.train.fit(cfg, out_dir=output_dir(None, "app") / "tiny-xtc",
-                              progress=False).out_dir]
+        runs = [first_run("app")]
     return runs
 
 
@@ -129,8 +123,8 @@ def serve(run: str | Path | None = None, port: int = DEFAULT_PORT,
     command, env, url = prepare(run, port, token)
     _check_can_serve(int(port))
     if run is None and not found_runs():
-        print("xtc app: no runs found under runs/ or reports/: the app trains a tiny run "
-              "on its first page view (~30 s)", flush=True)
+        print("xtc app: no runs found under runs/ or reports/: the app trains "
+              "configs/quickstart.yaml on its first page view (~1 min on a 2-core CPU)", flush=True)
     print(f"xtc app: serving the explorer on {url}", flush=True)
     try:
         return subprocess.call(command, env=env)

@@ -284,15 +284,23 @@ def class_legend(run: LoadedRun, dataset=None) -> str:
                      for name, (r, g, b) in zip(dataset.class_names, palette.tolist()))
 
 
-def static_gallery(run: LoadedRun, split: str = "test", indices: Sequence[int] = (0, 1, 2)):
+PREDICTION_PANELS = ("image", "seg_target", "seg", "depth2seg", "depth_target", "depth",
+                     "seg2depth")  # direct and transferred predictions, without error maps
+
+
+def static_gallery(run: LoadedRun, split: str = "test", indices: Sequence[int] = (0, 1, 2),
+                   panels: Optional[Sequence[str]] = None):
     """Several samples as one matplotlib figure (rows = samples, columns = panels): what a
     headless run (papermill, reports) keeps in place of the interactive explorer. Heat-map
-    titles carry their units (:func:`units`); the class legend sits under the figure."""
+    titles carry their units (:func:`units`); the class legend sits under the figure.
+    ``panels``: a subset of :func:`panel_names` (e.g. :data:`PREDICTION_PANELS`), default all;
+    panels the run does not have are left out."""
     from matplotlib.patches import Patch
 
-    names = panel_names(run)
+    names = [n for n in panel_names(run) if panels is None or n in panels]
     dataset = run.dataset(split)
-    fig = figure((2.1 * len(names), 1.9 * len(indices) + 0.9))
+    aspect = run.config.data.height / run.config.data.width  # rows as tall as the images
+    fig = figure((2.1 * len(names), (2.1 * aspect + 0.35) * len(indices) + 1.1))
     axes = fig.subplots(len(indices), len(names), squeeze=False)
     for r, index in enumerate(indices):
         maps = predict(run, split, index)
@@ -314,7 +322,9 @@ def static_gallery(run: LoadedRun, split: str = "test", indices: Sequence[int] =
                loc="lower center", ncol=min(len(dataset.class_names), 10), fontsize=7,
                frameon=False)
     fig.suptitle(f"{run.label} · {split} · depth in {dataset.depth_units}", fontsize=9)
-    fig.subplots_adjust(left=0.04, right=0.99, bottom=0.1, top=0.86, wspace=0.05, hspace=0.1)
+    height = fig.get_figheight()  # margins in inches: the legend below, titles above
+    fig.subplots_adjust(left=0.04, right=0.99, bottom=0.5 / height, top=1 - 0.6 / height,
+                        wspace=0.05, hspace=0.15)
     return fig
 
 

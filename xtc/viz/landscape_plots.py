@@ -122,23 +122,10 @@ def sharpness_rows(sharpness: Mapping[str, Mapping[str, Mapping[str, float]]]) -
 
 
 def table(rows: Sequence[Mapping], digits: int = 4):
-    """An HTML table of ``rows`` (list of dicts) for notebooks: pandas is not a dependency.
-    Floats are rounded to ``digits`` significant digits; NaN shows as "nan"."""
-    from html import escape
+    """HTML table of ``rows`` (:func:`xtc.viz.tables.table`)."""
+    from xtc.viz.tables import table as html_table
 
-    from IPython.display import HTML
-
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-
-    def cell(value):
-        if isinstance(value, (float, np.floating)):
-            return "nan" if not np.isfinite(value) else f"{value:.{digits}g}"
-        return escape(str(value))
-
-    head = "".join(f"<th>{escape(str(c))}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{cell(row.get(c, ''))}</td>" for c in columns)
-                   + "</tr>" for row in rows)
-    return HTML(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+    return html_table(rows, digits)
 
 
 def _levels(z: np.ndarray, levels: int):

@@ -115,6 +115,68 @@ def plot_history(history: list, keys: Optional[Iterable[str]] = None):
     return fig
 
 
+# what each task's panels show: (task, train loss terms, eval metrics), in reading order
+TASK_CURVES = (
+    ("segmentation", ("seg", "depth2seg"), ("miou", "pixel_acc")),
+    ("depth", ("depth", "seg2depth"), ("abs_err", "rel_err")),
+)
+LOSS_NAMES = {"seg": "seg (cross-entropy)", "depth": "depth (L1)",
+              "depth2seg": "depth2seg (transferred → seg)",
+              "seg2depth": "seg2depth (transferred → depth)", "total": "total (weighted)"}
+
+
+def plot_task_curves(history: list, depth_units: str = "inverse depth", path=None):
+    """Training curves one column per task, on labelled axes: the train loss terms that land
+    on the task (its direct loss and the cross-task term transferred onto it) above, its
+    evaluation metrics (``val_*`` under ``train.protocol=xtc``, ``test_*`` under ``mtan`` /
+    ``paper``) below; a last column has the total loss and the selection score when logged.
+    Tasks the run does not have (single-task runs) are left out."""
+    split = "val" if any(k.startswith("val_") for h in history for k in h) else "test"
+    epochs = [h.get("epoch", i) + 1 for i, h in enumerate(history)]
+    have = {k for h in history for k, v in h.items() if isinstance(v, (int, float))}
+    columns = [(title, [t for t in terms if f"train_{t}" in have],
+                [m for m in metrics if f"{split}_{m}" in have])
+               for title, terms, metrics in TASK_CURVES]
+    columns = [c for c in columns if c[1] or c[2]]
+    overall = [k for k in ("train_total", "selection_score") if k in have]
+    ncols = len(columns) + bool(overall)
+    fig = figure((4.2 * max(ncols, 1), 6.0))
+    axes = fig.subplots(2, max(ncols, 1), squeeze=False, sharex=True)
+
+    def curve(ax, key, label):
+        ax.plot(epochs, [h.get(key, np.nan) for h in history], marker="o", label=label)
+
+    for c, (title, terms, metrics) in enumerate(columns):
+        top, bottom = axes[0][c], axes[1][c]
+        for t in terms:
+            curve(top, f"train_{t}", LOSS_NAMES.get(t, t))
+        top.set(title=f"{title}: train loss terms", ylabel="loss (per step, epoch mean)")
+        for m in metrics:
+            unit = depth_units if m == "abs_err" else "fraction"
+            arrow = "↑" if m in ("miou", "pixel_acc") else "↓"
+            curve(bottom, f"{split}_{m}", f"{m} {arrow} ({unit})")
+        bottom.set(title=f"{title}: {split} metrics", xlabel="epoch",
+                   ylabel="metric (units in legend)")
+        for ax in (top, bottom):
+            if ax.lines:
+                ax.legend(fontsize=7)
+    if overall:
+        top, bottom = axes[0][-1], axes[1][-1]
+        if "train_total" in overall:
+            curve(top, "train_total", LOSS_NAMES["total"])
+            top.legend(fontsize=7)
+        top.set(title="all tasks: train loss", ylabel="loss (per step, epoch mean)")
+        if "selection_score" in overall:
+            curve(bottom, "selection_score", f"selection score ({split})")
+            bottom.legend(fontsize=7)
+        bottom.set(title="model selection", xlabel="epoch", ylabel="score (train.select)")
+    for ax in axes.flat:
+        if not ax.lines:
+            ax.set_axis_off()
+    fig.tight_layout()
+    return finish(fig, path)
+
+
 def pixel_table(dataset, n: Optional[int] = None) -> dict[str, np.ndarray]:
     """Flattened ``seg_target``, ``depth_target`` and ``depth_mask`` of the first ``n`` items
     (all by default): the raw material of the class-balance and depth plots."""
