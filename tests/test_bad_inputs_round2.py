@@ -67,7 +67,9 @@ def _run(argv, capsys) -> str:
 def run_dir(tmp_path_factory):
     """One tiny training run (a few seconds) that every case below reads and must not alter."""
     out = tmp_path_factory.mktemp("trained") / "run"
-    assert main(["train", "--out", str(out), "--quiet", *_sets()]) == 0
+    # resumable: its last.pt is a whole resume checkpoint, which the cases below edit
+    assert main(["train", "--out", str(out), "--quiet",
+                 *_sets("train.keep_checkpoints=resumable")]) == 0
     return out
 
 
@@ -138,7 +140,7 @@ CHECKPOINT_CASES = [  # (id, how the file is made, extra argv, env, fragments of
     ("bad-size-limit", lambda good, p: _link(good, p), [],
      {"XTC_MAX_CHECKPOINT_BYTES": "lots"}, ["XTC_MAX_CHECKPOINT_BYTES='lots' must be a positive"]),
     ("config-lacks-a-key", lambda good, p: _edited(good, p, _drop("loss", "lambda1")), [], {},
-     ["config lacks ['loss.lambda1']", "xtc 0.1.0, checkpoint schema 2", "retrain"]),
+     ["config lacks ['loss.lambda1']", f"xtc 0.1.0, checkpoint schema {checkpoint.SCHEMA}", "retrain"]),
     ("schema-2-lacks-added-key", lambda good, p: _edited(good, p, _drop("train", "protocol")),
      [], {}, ["config lacks ['train.protocol']"]),
     ("config-unknown-key",

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import signal
 import subprocess
 import sys
@@ -37,9 +36,21 @@ pytestmark = [
 @pytest.fixture
 def lab(tmp_path):
     """JupyterLab serving a copy of the explorer notebook; yields its base URL and token."""
+    import nbformat
+
+    from xtc import config, train
+    from tests.conftest import TINY
+
     root = tmp_path / "lab"
     root.mkdir()
-    shutil.copy(REPO / "notebooks" / NOTEBOOK, root / NOTEBOOK)
+    # a tiny finished run, so the notebook explores it instead of training the quickstart
+    cfg = config.load(None, [*TINY, "train.epochs=1", "train.max_steps_per_epoch=2"])
+    run = train.fit(cfg, out_dir=tmp_path / "tiny-xtc", progress=False).out_dir
+    nb = nbformat.read(REPO / "notebooks" / NOTEBOOK, as_version=4)
+    params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    assert "run_dir = None" in params.source
+    params.source = params.source.replace("run_dir = None", f"run_dir = {str(run)!r}", 1)
+    nbformat.write(nb, root / NOTEBOOK)
     port, token = free_port(), secrets.token_hex(16)
     env = {**os.environ, "JUPYTER_CONFIG_DIR": str(tmp_path / "jcfg"),
            "JUPYTER_RUNTIME_DIR": str(tmp_path / "jrun"), "MPLBACKEND": "agg"}
@@ -99,7 +110,7 @@ def test_explorer_widget_updates_in_jupyterlab(lab, tmp_path):
             page.screenshot(path=str(tmp_path / "lab-running.png"))
             explorer = page.locator(".widget-vbox").filter(has=page.locator(".js-plotly-plot"))
             title = explorer.locator(".js-plotly-plot .gtitle").first
-            title.wait_for(timeout=180_000)  # the tiny training run comes first
+            title.wait_for(timeout=180_000)  # the kernel loads the run first
             slider = explorer.locator(".widget-slider").first
             assert slider.is_visible(), "the explorer rendered as text, not as a widget"
             before_title = title.text_content()

@@ -27,6 +27,21 @@ def test_train_then_evaluate(tmp_path, capsys):
     assert written["metrics"]["val"]["miou"] == pytest.approx(printed["miou"])
 
 
+def test_evaluate_reproduces_the_runs_own_test_metrics_in_bf16_channels_last(tmp_path, capsys):
+    """`xtc evaluate` runs the model in the layout fit evaluated it in: with bf16 autocast
+    NHWC and NCHW kernels round differently (mIoU 0.44564 vs 0.44567 on a demo run)."""
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), "--quiet",
+                 *_sets("train.epochs=1", "train.max_steps_per_epoch=3", "train.precision=bf16",
+                        "train.channels_last=true")]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(out / "checkpoints" / "best.pt"), "--quiet"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    trained = json.loads((out / "results.json").read_text())["metrics"]["test"]
+    for key in ("miou", "pixel_acc", "abs_err", "rel_err", "energy"):
+        assert evaluated[key] == trained[key], key
+
+
 @pytest.mark.parametrize("argv, fragment", [
     (["train", "--out", "X", "--set", "loss.lamda=1"], "unknown config key 'loss.lamda'"),
     (["train", "--out", "X", "--config", "missing.yaml"], "missing.yaml does not exist"),

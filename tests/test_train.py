@@ -27,8 +27,8 @@ def test_fit_writes_results_and_loadable_checkpoints(tiny_config, tmp_path):
     for name in ("last.pt", "best.pt"):
         payload = torch.load(tmp_path / "checkpoints" / name, weights_only=True)
         assert set(payload["model"]) == set(run.model.state_dict())
-        # best.pt holds the reported weights only; last.pt what a resume needs
-        assert ("optimizer" in payload) == (name == "last.pt")
+        # a finished run keeps no optimizer state by default (train.keep_checkpoints=weights)
+        assert "optimizer" not in payload and "scheduler" not in payload
     with pytest.raises(FileExistsError, match="already holds a finished run"):
         train.fit(tiny_config(), out_dir=tmp_path, progress=False)
 
@@ -48,7 +48,8 @@ def test_same_seed_same_weights_and_resume_is_exact(tiny_config, tmp_path):
     again = train.fit(cfg, progress=False)
     assert _same(_weights(full.model), _weights(again.model))
 
-    half = tiny_config("train.max_steps_per_epoch=2", "train.epochs=1")
+    half = tiny_config("train.max_steps_per_epoch=2", "train.epochs=1",
+                       "train.keep_checkpoints=resumable")  # a finished run trained longer
     train.fit(half, out_dir=tmp_path / "resumed", progress=False)
     (tmp_path / "resumed" / "results.json").unlink()
     train.fit(cfg, out_dir=tmp_path / "resumed", resume=True, progress=False)

@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import torch
 
-SCHEMA = 2  # checkpoints without a "schema" entry were written before the stamp: schema 1
+SCHEMA = 3  # checkpoints without a "schema" entry were written before the stamp: schema 1
 
 MAX_BYTES_ENV = "XTC_MAX_CHECKPOINT_BYTES"
 DEFAULT_MAX_BYTES = 8 << 30  # ~20x the paper model's last.pt with Adam state (~0.4 GB)
@@ -56,6 +56,8 @@ ADDED_KEYS: dict[str, tuple[int, Any]] = {
     "train.checkpoint_every": (2, 0),
     "train.grad_cosine_every": (2, 0),
     "model.transfer_detach_input": (2, False),
+    # schema 3: finished runs drop the optimizer state they no longer need (issue 11)
+    "train.keep_checkpoints": (3, "resumable"),  # earlier runs kept last.pt whole
 }
 
 

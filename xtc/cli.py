@@ -128,6 +128,10 @@ def _evaluate(args) -> int:
                 f"loss.weighting={cfg.loss.weighting}, loss.single_task_weighting="
                 f"{cfg.loss.single_task_weighting}; drop the loss.* --set overrides, the "
                 f"checkpoint's own loss settings apply") from None
+    if cfg.train.channels_last:  # the layout fit evaluated in: bf16 kernels differ by layout
+        import torch
+
+        model = model.to(memory_format=torch.channels_last)
     precision = runtime.resolve_precision(cfg.train.precision, device)
     metrics = evaluate(model.to(device), _loader(dataset, cfg), criterion.to(device), device,
                        precision, progress=not args.quiet)

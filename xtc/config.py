@@ -34,6 +34,7 @@ SEG2DEPTH_LOSSES = ("l1", "ssim")
 DEPTH2SEG_LOSSES = ("ce", "kl")
 UNCERTAINTY_FORMS = ("kendall", "authors")
 PRECISIONS = ("fp32", "bf16", "auto")
+KEEP_CHECKPOINTS = ("weights", "resumable", "best")  # train.keep_checkpoints (xtc.train.finish_checkpoints)
 
 
 class ConfigError(ValueError):
@@ -116,6 +117,9 @@ class TrainConfig:
     max_skipped_fraction: float = 0.1  # nonfinite=skip: stop once more of an epoch's steps are
                                        # skipped (one per epoch is always allowed)
     checkpoint_every: int = 0  # also save last.pt every N steps (0: at epoch ends only)
+    keep_checkpoints: str = "weights"  # what a finished run keeps: weights (best.pt, and last.pt
+                                       # without optimizer state: 1/3 the size) | resumable (last.pt
+                                       # with it: --resume can train the run longer) | best (best.pt only)
     grad_cosine_every: int = 0  # log cos(grad direct, grad cross-task) on the encoder every N steps
 
 
@@ -141,6 +145,7 @@ _CHOICES = {
     "loss.depth2seg_loss": DEPTH2SEG_LOSSES,
     "train.precision": PRECISIONS,
     "train.nonfinite": ("stop", "skip"),
+    "train.keep_checkpoints": KEEP_CHECKPOINTS,
     "train.protocol": PROTOCOLS,
     "loss.single_task_weighting": WEIGHTINGS,
     "optim.name": ("adam", "sgd"),

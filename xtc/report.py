@@ -58,7 +58,7 @@ PRESETS_DIR = ROOT / "configs" / "reports"
 TRAIN_NOTEBOOK = "notebooks/02_train.ipynb"
 SUMMARY_NOTEBOOK = "notebooks/90_summary.ipynb"
 STATUS = "status.json"
-PATH_PARAMS = ("config", "data_root", "runs_dir", "run_a", "run_b", "checkpoint")
+PATH_PARAMS = ("config", "data_root", "runs_dir", "run_a", "run_b", "run_dir", "checkpoint")
 PLAN_KEYS = {"name", "description", "notebook", "parameters", "grid", "runs", "analysis"}
 ANALYSIS_KEYS = {"notebook", "parameters", "name"}
 RUN_FIELDS = ("name", "seeds")  # plan fields of a ``runs:`` item that are not notebook parameters
@@ -394,6 +394,8 @@ def _resolve(value: Any, key: str, plan_dir: Path) -> Any:
     """``$runs`` -> the plan folder; relative path parameters -> absolute (cwd, then repo)."""
     if isinstance(value, dict):
         return {k: _resolve(v, k if key != "runs" else "run", plan_dir) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_resolve(v, key, plan_dir) for v in value]
     if isinstance(value, str) and value.startswith("$runs"):
         return str(plan_dir / value[len("$runs"):].lstrip("/"))
     if isinstance(value, str) and key in (*PATH_PARAMS, "run", "notebook"):

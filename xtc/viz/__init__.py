@@ -19,14 +19,14 @@ from pathlib import Path
 # public name -> submodule that defines it (resolved on first access, see __getattr__)
 _EXPORTS = {
     "colorize_seg": "plots", "seg_palette": "plots", "show_samples": "plots",
-    "show_predictions": "plots", "plot_history": "plots", "plot_task_curves": "plots", "class_balance": "plots",
+    "show_predictions": "plots", "plot_history": "plots", "plot_task_curves": "plots", "offline": "plots", "class_balance": "plots",
     "plot_class_balance": "plots", "plot_depth_histogram": "plots",
     "plot_depth_per_class": "plots", "pixel_table": "plots", "plot_scaling": "plots",
     "show_source": "source",
     "load_run": "explorer", "LoadedRun": "explorer", "predict": "explorer",
     "panel_names": "explorer", "render": "explorer", "static_gallery": "explorer", "PREDICTION_PANELS": "explorer",
     "Explorer": "explorer", "find_runs": "explorer",
-    "table": "tables", "config_table": "tables", "first_run": "default_run", "demo_run": "default_run", "quickstart_config": "default_run",
+    "table": "tables", "config_table": "tables", "first_run": "default_run", "best_run": "default_run", "pick_run": "default_run", "demo_run": "default_run", "quickstart_config": "default_run",
 }
 _SUBMODULES = ("plots", "source", "explorer", "app", "default_run", "tables", "landscape_plots",
                "alignment_plots")

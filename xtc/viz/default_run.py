@@ -10,7 +10,7 @@ predictors are checked in ``tests/test_quickstart.py``).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 QUICKSTART_CONFIG = "configs/quickstart.yaml"
 DEMO_RUN = "reports/demo/xtc-consistency-s0"  # configs/reports/demo.yaml names it so
@@ -60,3 +60,43 @@ def first_run(name: str, train: bool = True, progress: bool = False) -> Optional
 
     return xtc.train.fit(quickstart_config(), out_dir=output_dir(None, name) / "quickstart",
                          progress=progress).out_dir
+
+
+def best_run(runs: Sequence[str | Path], split: str = "val") -> Path:
+    """The run among ``runs`` (folders with ``results.json``) whose ``split`` metrics are best
+    by the task-weighted Δm% against the candidates' mean (:func:`xtc.selection.score` with
+    ``delta_m``): every task counts equally, whatever its units. Chosen on ``val`` by
+    default, never silently on test; the demo preset shows the best xtc run this way."""
+    import json
+
+    import xtc.selection
+    from xtc.viz.explorer import resolve_run
+
+    folders = [resolve_run(r) for r in runs]
+    if not folders:
+        raise ValueError("best_run: no runs given; pass run folders with results.json")
+    metrics = []
+    for folder in folders:
+        try:
+            metrics.append(json.loads((folder / "results.json").read_text())["metrics"][split])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"best_run: {folder / 'results.json'} has no {split} metrics "
+                             f"({exc}); pass finished runs") from None
+    names = {k for m in metrics for k, v in m.items() if isinstance(v, (int, float))}
+    mean = {k: sum(m[k] for m in metrics if k in m) / sum(k in m for m in metrics)
+            for k in names}
+    tasks = [t for t, ms in xtc.selection.TASK_METRICS.items() if any(m in names for m in ms)]
+    scores = [xtc.selection.score("delta_m", m, mean, tasks) for m in metrics]
+    return folders[min(range(len(folders)), key=scores.__getitem__)]
+
+
+def pick_run(run_dir, name: str) -> Path:
+    """What a notebook's ``run_dir`` parameter means: None -> :func:`first_run`; a list of
+    run folders -> :func:`best_run` on val; one folder -> that folder (resolved)."""
+    from xtc.viz.explorer import resolve_run
+
+    if run_dir is None:
+        return first_run(name)
+    if isinstance(run_dir, (list, tuple)):
+        return best_run(run_dir)
+    return resolve_run(run_dir)
