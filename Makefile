@@ -11,10 +11,15 @@ setup: $(STAMP)
 
 # Idempotent: reinstalls only when pyproject.toml changes. torch/torchvision are pinned
 # to the releases that install from local files (a plain `pip install torch` downloads GBs).
+# TORCH=cpu takes the same pins from PyTorch's CPU-only wheel index instead (~1 GB of torch
+# instead of ~5 GB with the CUDA libraries; for laptops without a GPU; NOT tested on CI,
+# whose machines reach only the CUDA build): `make setup TORCH=cpu` on a fresh checkout.
+TORCH ?= default
+TORCH_INDEX := $(if $(filter cpu,$(TORCH)),--index-url https://download.pytorch.org/whl/cpu)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q $(TORCH_INDEX) torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install -q -e ".[test]"
 	$(PY) -m ipykernel install --sys-prefix --name python3 > /dev/null
 	touch $(STAMP)

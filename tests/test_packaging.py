@@ -31,6 +31,24 @@ def test_makefile_pins_torch_as_the_machine_needs():
     assert "--ip 127.0.0.1" in makefile and "IdentityProvider.token" in makefile
 
 
+def test_torch_cpu_takes_the_same_pins_from_the_cpu_wheel_index():
+    """`make setup TORCH=cpu` (dry run: the CPU index is not reachable from CI) installs the
+    pinned pair from PyTorch's CPU-only index; the default install does not use it."""
+    import subprocess
+
+    def dry(*args):
+        return subprocess.run(["make", "-n", "-B", "setup", "VENV=/nonexistent", *args], cwd=ROOT,
+                              capture_output=True, text=True, check=True).stdout
+
+    cpu = [line for line in dry("TORCH=cpu").splitlines() if "torch==" in line]
+    default = [line for line in dry().splitlines() if "torch==" in line]
+    assert len(cpu) == len(default) == 1
+    assert "--index-url https://download.pytorch.org/whl/cpu torch==2.14.1 torchvision==0.29.1" in cpu[0]
+    assert "--index-url" not in default[0] and "torch==2.14.1 torchvision==0.29.1" in default[0]
+    readme = (ROOT / "README.md").read_text()
+    assert "make setup TORCH=cpu" in readme and "not tested on CI" in readme
+
+
 def test_ci_runs_the_readme_test_command():
     assert "make test" in (ROOT / ".ci" / "run").read_text()
     readme = (ROOT / "README.md").read_text()
