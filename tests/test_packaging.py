@@ -45,7 +45,7 @@ def test_torch_cpu_takes_the_same_pins_from_the_cpu_wheel_index():
     assert len(cpu) == len(default) == 1
     assert "--index-url https://download.pytorch.org/whl/cpu torch==2.14.1 torchvision==0.29.1" in cpu[0]
     assert "--index-url" not in default[0] and "torch==2.14.1 torchvision==0.29.1" in default[0]
-    readme = (ROOT / "README.md").read_text()
+    readme = " ".join((ROOT / "README.md").read_text().replace("**", "").split())
     assert "make setup TORCH=cpu" in readme and "not tested on CI" in readme
 
 
