@@ -45,16 +45,21 @@ def test_the_instructors_guide_lists_every_notebook_with_a_timing():
         assert re.search(r"\d+ s", row), f"{path.stem}: no row with a timing in docs/workshop.md"
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("path", WORKSHOP, ids=lambda p: p.stem)
-def test_each_notebook_runs_with_the_solutions_filled_in(path, tmp_path):
-    import papermill
-
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
     from xtc import config, train
     from tests.conftest import TINY
 
-    run = train.fit(config.load(None, [*TINY, "train.epochs=1", "train.max_steps_per_epoch=2"]),
-                    out_dir=tmp_path / "run", progress=False).out_dir
+    cfg = config.load(None, [*TINY, "train.epochs=1", "train.max_steps_per_epoch=2"])
+    return train.fit(cfg, out_dir=tmp_path_factory.mktemp("ws") / "run", progress=False).out_dir
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", WORKSHOP, ids=lambda p: p.stem)
+def test_each_notebook_runs_with_the_solutions_filled_in(path, tmp_path, tiny_run):
+    import papermill
+
+    run = tiny_run
     out = tmp_path / path.name
     papermill.execute_notebook(str(path), str(out), cwd=str(path.parent), progress_bar=False,
                                parameters={"run_dir": str(run), "solutions": True,
