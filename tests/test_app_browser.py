@@ -108,8 +108,8 @@ def test_app_serves_the_explorer_behind_a_token(app, tmp_path):
 
             runs = page.locator(".widget-dropdown select").first
             # labels gain their folder when another run found (e.g. under reports/) shares one
-            mtl = next(t.strip() for t in runs.locator("option").all_text_contents()
-                       if t.strip().startswith("mtl, seed 1"))
+            mtl = next(t for t in runs.locator("option").all_text_contents()  # spaces: nbsp
+                       if " ".join(t.replace("\xa0", " ").split()).startswith("mtl, seed 1"))
             runs.select_option(label=mtl)
             page.wait_for_function(
                 "t => { const e = document.querySelector('.js-plotly-plot .gtitle'); "
