@@ -94,7 +94,7 @@ def _evaluate(args) -> int:
     from xtc.data import build_dataset_from_config
     from xtc.losses import build_criterion
     from xtc.models import build_model_from_config
-    from xtc.train import _loader, evaluate
+    from xtc.train import _loader, evaluate, place_model
 
     path = Path(args.checkpoint)
     payload = checkpoint.load(path, require=checkpoint.EVAL_ENTRIES)
@@ -128,12 +128,8 @@ def _evaluate(args) -> int:
                 f"loss.weighting={cfg.loss.weighting}, loss.single_task_weighting="
                 f"{cfg.loss.single_task_weighting}; drop the loss.* --set overrides, the "
                 f"checkpoint's own loss settings apply") from None
-    if cfg.train.channels_last:  # the layout fit evaluated in: bf16 kernels differ by layout
-        import torch
-
-        model = model.to(memory_format=torch.channels_last)
     precision = runtime.resolve_precision(cfg.train.precision, device)
-    metrics = evaluate(model.to(device), _loader(dataset, cfg), criterion.to(device), device,
+    metrics = evaluate(place_model(model, cfg, device), _loader(dataset, cfg), criterion.to(device), device,
                        precision, progress=not args.quiet)
     results.write(out, params=config.flatten(cfg), metrics={args.split: metrics},
                   kind="evaluation", checkpoint=str(path.resolve()), split=args.split,

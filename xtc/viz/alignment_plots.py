@@ -20,6 +20,7 @@ import numpy as np
 
 from xtc.viz.plots import figure
 from xtc.viz.plots import finish as _finish
+from xtc.viz.tables import table  # noqa: F401  (notebooks call alignment_plots.table)
 
 PANELS = (("grad_cos_seg", "cos(∇L_seg, ∇L_seg2depth) on the encoder"),
           ("grad_cos_depth", "cos(∇L_depth, ∇L_depth2seg) on the encoder"),
@@ -75,10 +76,3 @@ def plot_energy_maps(maps: Mapping[str, Mapping[str, np.ndarray]], n: int = 2,
             ax.set_title(f"{run} #{i}: {title}" if key == "image" else title, fontsize=8)
             ax.set_axis_off()
     return _finish(fig, path)
-
-
-def table(rows: Sequence[Mapping], digits: int = 4):
-    """HTML table of ``rows`` (:func:`xtc.viz.tables.table`)."""
-    from xtc.viz.tables import table as html_table
-
-    return html_table(rows, digits)

@@ -67,8 +67,7 @@ def best_run(runs: Sequence[str | Path], split: str = "val") -> Path:
     by the task-weighted Δm% against the candidates' mean (:func:`xtc.selection.score` with
     ``delta_m``): every task counts equally, whatever its units. Chosen on ``val`` by
     default, never silently on test; the demo preset shows the best xtc run this way."""
-    import json
-
+    import xtc.results
     import xtc.selection
     from xtc.viz.explorer import resolve_run
 
@@ -78,7 +77,7 @@ def best_run(runs: Sequence[str | Path], split: str = "val") -> Path:
     metrics = []
     for folder in folders:
         try:
-            metrics.append(json.loads((folder / "results.json").read_text())["metrics"][split])
+            metrics.append(xtc.results.read(folder)["metrics"][split])
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ValueError(f"best_run: {folder / 'results.json'} has no {split} metrics "
                              f"({exc}); pass finished runs") from None

@@ -21,6 +21,7 @@ import numpy as np
 
 from xtc.viz.plots import figure
 from xtc.viz.plots import finish as _finish
+from xtc.viz.tables import table  # noqa: F401  (notebooks call landscape_plots.table)
 
 TERM_ORDER = ("seg", "depth", "seg2depth", "depth2seg", "total")
 
@@ -119,13 +120,6 @@ def sharpness_rows(sharpness: Mapping[str, Mapping[str, Mapping[str, float]]]) -
     ``{label: xtc.landscape.sharpness(...)}``."""
     return [{"run": label, "term": term, **numbers}
             for label, per_term in sharpness.items() for term, numbers in per_term.items()]
-
-
-def table(rows: Sequence[Mapping], digits: int = 4):
-    """HTML table of ``rows`` (:func:`xtc.viz.tables.table`)."""
-    from xtc.viz.tables import table as html_table
-
-    return html_table(rows, digits)
 
 
 def _levels(z: np.ndarray, levels: int):
