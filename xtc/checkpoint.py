@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import torch
 
-SCHEMA = 3  # checkpoints without a "schema" entry were written before the stamp: schema 1
+SCHEMA = 4  # checkpoints without a "schema" entry were written before the stamp: schema 1
 
 MAX_BYTES_ENV = "XTC_MAX_CHECKPOINT_BYTES"
 DEFAULT_MAX_BYTES = 8 << 30  # ~20x the paper model's last.pt with Adam state (~0.4 GB)
@@ -58,6 +58,11 @@ ADDED_KEYS: dict[str, tuple[int, Any]] = {
     "model.transfer_detach_input": (2, False),
     # schema 3: finished runs drop the optimizer state they no longer need (issue 11)
     "train.keep_checkpoints": (3, "resumable"),  # earlier runs kept last.pt whole
+    # schema 4: any set of tasks and a transfer graph (issue 12); earlier runs had the paper's
+    "model.tasks": (4, lambda tree: ["seg", "depth"]),
+    "model.transfers": (4, None),  # every ordered pair: seg2depth, depth2seg
+    "loss.lambdas": (4, lambda tree: {}),  # lambda1 (seg) and lambda2 (depth)
+    "loss.normal_loss": (4, "cosine"),
 }
 
 

@@ -88,49 +88,20 @@ def _train(args) -> int:
 def _evaluate(args) -> int:
     """Evaluate a checkpoint's weights once on a split; writes a results.json of its own
     (never over a training run's) that records the protocol and the precision used."""
-    import dataclasses
-
-    from xtc import checkpoint, config, results, runtime
-    from xtc.data import build_dataset_from_config
-    from xtc.losses import build_criterion
-    from xtc.models import build_model_from_config
-    from xtc.train import _loader, evaluate, place_model
+    from xtc import config, results, runtime
+    from xtc.train import _loader, evaluate, load_run
 
     path = Path(args.checkpoint)
-    payload = checkpoint.load(path, require=checkpoint.EVAL_ENTRIES)
-    checkpoint.check_finite(payload, path)
-    cfg = checkpoint.config_of(payload, path, args.set or [])
+    run = load_run(path, overrides=args.set or [])
     out = Path(args.out) if args.out else _run_dir(path) / f"eval-{args.split}"
     results.check_evaluation_target(out, path, args.split)
     _check_writable(out)
-    device = runtime.choose_device(cfg.train.device)
+    cfg, device, model, criterion = run.config, run.experiment.device, run.model, run.criterion
     # evaluation measures the images as they are: no scale-crop or flip, even on train
-    dataset = build_dataset_from_config(dataclasses.replace(cfg.data, augment=False), args.split)
-    model = build_model_from_config(cfg, num_classes=payload["num_classes"])
-    try:
-        model.load_state_dict(payload["model"])
-    except RuntimeError as exc:
-        detail = " ".join(line.strip() for line in str(exc).splitlines()[1:2])[:160]
-        raise ValueError(f"checkpoint {path} does not fit the model its config "
-                         f"describes ({detail}...); was it written by another xtc version "
-                         f"or edited?") from None
-    criterion = build_criterion(cfg, model)
-    if "criterion" in payload:
-        try:
-            criterion.load_state_dict(payload["criterion"])
-        except RuntimeError:
-            trained = (payload["config"].get("loss", {}) if isinstance(payload["config"], dict)
-                       else {})
-            raise checkpoint.CheckpointError(
-                f"checkpoint {path}'s loss state (trained with loss.weighting="
-                f"{trained.get('weighting', '?')}, loss.single_task_weighting="
-                f"{trained.get('single_task_weighting', '?')}) does not fit the criterion of "
-                f"loss.weighting={cfg.loss.weighting}, loss.single_task_weighting="
-                f"{cfg.loss.single_task_weighting}; drop the loss.* --set overrides, the "
-                f"checkpoint's own loss settings apply") from None
+    dataset = run.dataset(args.split)
     precision = runtime.resolve_precision(cfg.train.precision, device)
-    metrics = evaluate(place_model(model, cfg, device), _loader(dataset, cfg), criterion.to(device), device,
-                       precision, progress=not args.quiet)
+    metrics = evaluate(model, _loader(dataset, cfg), criterion, device, precision,
+                       progress=not args.quiet)
     results.write(out, params=config.flatten(cfg), metrics={args.split: metrics},
                   kind="evaluation", checkpoint=str(path.resolve()), split=args.split,
                   protocol=_evaluation_protocol(cfg, dataset, args.split, path),

@@ -24,15 +24,9 @@ from typing import Any, Optional, Union
 
 import yaml
 
+from xtc.tasks import DEFAULT_LAMBDA
 from xtc.selection import PROTOCOLS, select_names
 
-METHODS = ("stl-seg", "stl-depth", "mtl", "xtc")
-CROSS_TASK = ("consistency", "alignment", "both")
-WEIGHTINGS = ("fixed", "uncertainty", "gradnorm", "dwa")
-DEPTH_LOSSES = ("l1", "mse", "logl1", "smoothl1")
-SEG2DEPTH_LOSSES = ("l1", "ssim")
-DEPTH2SEG_LOSSES = ("ce", "kl")
-UNCERTAINTY_FORMS = ("kendall", "authors")
 PRECISIONS = ("fp32", "bf16", "auto")
 KEEP_CHECKPOINTS = ("weights", "resumable", "best")  # train.keep_checkpoints (xtc.train.finish_checkpoints)
 
@@ -61,7 +55,11 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    method: str = "xtc"  # stl-seg | stl-depth | mtl | xtc
+    method: str = "xtc"  # stl-<task> | mtl | xtc (xtc.tasks.METHODS)
+    tasks: list = field(default_factory=lambda: ["seg", "depth"])  # the paper; NYUv2's
+                                     # benchmark: [seg, depth, normal] (xtc.tasks.TASKS)
+    transfers: Optional[list] = None  # xtc's edges a2b (seg2depth, normal2depth, ...);
+                                      # None: every ordered pair of model.tasks
     encoder: str = "resnet34"  # any timm backbone with five feature levels
     pretrained: bool = False  # ImageNet weights (needs them cached; never a silent fallback)
     decoder_width: int = 128  # mid channels of every decoder ConvBlock (paper: 128)
@@ -73,15 +71,19 @@ class ModelConfig:
 @dataclass
 class LossConfig:
     cross_task: str = "consistency"  # consistency (vs detached direct) | alignment (vs GT) | both
-    lambda1: float = 0.01  # weight of seg2depth inside L_S = (1-l1) L_seg + l1 L_seg2depth
-    lambda2: float = 0.01  # weight of depth2seg inside L_D = (1-l2) L_depth + l2 L_depth2seg
+    lambda1: float = DEFAULT_LAMBDA  # seg's cross-task share: L_S = (1-l1) L_seg + l1 L_seg2depth
+    lambda2: float = DEFAULT_LAMBDA  # depth's: L_D = (1-l2) L_depth + l2 L_depth2seg
+    lambdas: dict = field(default_factory=dict)  # per source task, e.g. {normal: 0.05}:
+                                     # L_a = (1-l_a) L_a + l_a mean of a's outgoing edge terms;
+                                     # seg/depth default to lambda1/lambda2, others to 0.01
     weighting: str = "uncertainty"  # fixed | uncertainty | gradnorm | dwa
     uncertainty_form: str = "kendall"  # kendall: 1/2 e^-s L + s/2 ; authors: 1/2 e^-s L + s
     gradnorm_alpha: float = 0.16  # GradNorm asymmetry (authors' value)
     dwa_temperature: float = 2.0  # DWA softmax temperature (Liu et al. 2019)
     depth_loss: str = "l1"  # direct depth loss: l1 | mse | logl1 | smoothl1
-    seg2depth_loss: str = "l1"  # transferred depth loss: l1 | ssim
-    depth2seg_loss: str = "ce"  # transferred segmentation loss: ce | kl
+    seg2depth_loss: str = "l1"  # loss of every transfer into depth: l1 | ssim | mse | logl1 | smoothl1
+    depth2seg_loss: str = "ce"  # loss of every transfer into segmentation: ce | kl
+    normal_loss: str = "cosine"  # normals, direct and transferred: cosine (1 - cos, MTAN) | l1
     label_smoothing: float = 0.0  # on the transferred segmentation loss only
     ssim_max_val: Optional[float] = None  # SSIM dynamic range (seg2depth_loss=ssim); None: the
                                           # dataset's depth range (1 m-range data get max_val=1)
@@ -135,21 +137,34 @@ class Config:
         return dataclasses.asdict(self)
 
 
-_CHOICES = {
-    "model.method": METHODS,
-    "loss.cross_task": CROSS_TASK,
-    "loss.weighting": WEIGHTINGS,
-    "loss.uncertainty_form": UNCERTAINTY_FORMS,
-    "loss.depth_loss": DEPTH_LOSSES,
-    "loss.seg2depth_loss": SEG2DEPTH_LOSSES,
-    "loss.depth2seg_loss": DEPTH2SEG_LOSSES,
-    "train.precision": PRECISIONS,
-    "train.nonfinite": ("stop", "skip"),
-    "train.keep_checkpoints": KEEP_CHECKPOINTS,
-    "train.protocol": PROTOCOLS,
-    "loss.single_task_weighting": WEIGHTINGS,
-    "optim.name": ("adam", "sgd"),
-}
+def _choices() -> dict[str, tuple]:
+    """Every closed-choice field and its valid values, read from the registries (so a
+    method, weighting or loss kind added there is valid here, and nowhere else lists them)."""
+    from xtc.losses.cross_task import CROSS_TASK_MODES
+    from xtc.losses.weighting import UNCERTAINTY_FORMS, WEIGHTINGS
+    from xtc.tasks import METHODS
+    from xtc.tasks.depth import DEPTH_KINDS, TRANSFER_KINDS as INTO_DEPTH
+    from xtc.tasks.normal import LOSS_KINDS as NORMAL_KINDS
+    from xtc.tasks.seg import TRANSFER_KINDS as INTO_SEG
+
+    return {
+        "model.method": tuple(METHODS.names()),
+        "loss.cross_task": CROSS_TASK_MODES,
+        "loss.weighting": tuple(WEIGHTINGS.names()),
+        "loss.single_task_weighting": tuple(WEIGHTINGS.names()),
+        "loss.uncertainty_form": UNCERTAINTY_FORMS,
+        "loss.depth_loss": DEPTH_KINDS,
+        "loss.seg2depth_loss": INTO_DEPTH,
+        "loss.depth2seg_loss": INTO_SEG,
+        "loss.normal_loss": NORMAL_KINDS,
+        "train.precision": PRECISIONS,
+        "train.nonfinite": ("stop", "skip"),
+        "train.keep_checkpoints": KEEP_CHECKPOINTS,
+        "train.protocol": PROTOCOLS,
+        "optim.name": ("adam", "sgd"),
+    }
+
+
 # Every numeric field's closed range [low, high]; a float must also be finite. The upper
 # bounds are far past any sensible run and catch typos (an extra zero or two) before a
 # process allocates a 100k-channel layer. A test checks that every numeric field is here.
@@ -214,6 +229,8 @@ def save(cfg: Config, path: Union[str, Path]) -> None:
 
 def set_value(cfg: Config, dotted: str, value: Any, source: str = "override") -> None:
     """Set ``section.key`` on ``cfg`` after checking the key exists and the type fits."""
+    if _set_entry(cfg, dotted, value, source):
+        return
     section_name, _, key = dotted.partition(".")
     sections = {f.name for f in dataclasses.fields(Config)}
     if section_name not in sections or not key:
@@ -228,10 +245,25 @@ def set_value(cfg: Config, dotted: str, value: Any, source: str = "override") ->
     setattr(section, key, _coerce(value, hint, dotted, source))
 
 
+def _set_entry(cfg: Config, dotted: str, value: Any, source: str) -> bool:
+    """``section.field.entry=value`` for a dict field (``loss.lambdas.normal=0.05``); False
+    when ``dotted`` is not such a key."""
+    parts = dotted.split(".")
+    if len(parts) != 3 or parts[0] not in _section_types():
+        return False
+    hints = typing.get_type_hints(_section_types()[parts[0]])
+    if hints.get(parts[1]) is not dict:
+        return False
+    current = dict(getattr(getattr(cfg, parts[0]), parts[1]))
+    current[parts[2]] = value
+    setattr(getattr(cfg, parts[0]), parts[1], current)
+    return True
+
+
 def validate(cfg: Config) -> None:
     """Check choices and ranges; raise :class:`ConfigError` naming the first bad field."""
     flat = {f"{s}.{k}": v for s, sec in cfg.to_dict().items() for k, v in sec.items()}
-    for key, choices in _CHOICES.items():
+    for key, choices in _choices().items():
         if flat[key] not in choices:
             raise ConfigError(f"{key}={flat[key]!r} is not valid; choose one of {list(choices)}")
     for key, (low, high) in _BOUNDS.items():
@@ -252,8 +284,8 @@ def validate(cfg: Config) -> None:
                           f"label_19; set data.classes=7 or 19")
     if not (cfg.train.device in ("auto", "cpu", "cuda") or cfg.train.device.startswith("cuda:")):
         raise ConfigError(f"train.device={cfg.train.device!r}; use auto, cpu, cuda or cuda:N")
-    tasks = {"stl-seg": ("seg",), "stl-depth": ("depth",)}.get(cfg.model.method, ("seg", "depth"))
-    valid = select_names(tasks, cross_task=cfg.model.method == "xtc")
+    tasks = _validate_tasks(cfg)
+    valid = select_names(tasks, cross_task=cfg.model.method == "xtc", edges=_edges(cfg))
     if cfg.train.select not in valid:
         raise ConfigError(f"train.select={cfg.train.select!r} is not a val metric of "
                           f"{cfg.model.method}; choose one of {valid}")
@@ -266,6 +298,66 @@ def validate(cfg: Config) -> None:
                           "train.protocol=mtan (no selection)")
     if cfg.data.split_seed is None:  # the rule: the val split and augmentation follow train.seed
         cfg.data.split_seed = cfg.train.seed
+
+
+def _validate_tasks(cfg: Config) -> tuple[str, ...]:
+    """``model.tasks``, ``model.transfers`` and ``loss.lambdas`` against the task registry
+    and the dataset; returns the tasks the method builds a decoder for."""
+    from xtc.data import DATASETS
+    from xtc.tasks import METHODS, TASKS, split_edge
+
+    tasks = cfg.model.tasks
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown or not tasks or len(set(tasks)) != len(tasks):
+        raise ConfigError(f"model.tasks={tasks}: list distinct tasks of {TASKS.names()}, e.g. "
+                          f"[seg, depth] (the paper) or [seg, depth, normal] (NYUv2's benchmark)")
+    method = METHODS.get(cfg.model.method)
+    if not method.single_task and len(tasks) < 2:
+        raise ConfigError(f"model.method={cfg.model.method} needs two or more model.tasks; got "
+                          f"{tasks}: use model.method=stl-{tasks[0]} for one task")
+    for name in cfg.model.transfers or []:
+        try:
+            source, target = split_edge(str(name))
+        except ValueError:
+            source = target = None
+        if source not in tasks or target not in tasks or source == target:
+            raise ConfigError(f"model.transfers: {name!r} is not an edge <a>2<b> between two "
+                              f"of model.tasks={tasks}; e.g. {[f'{a}2{b}' for a in tasks[:1] for b in tasks[1:2]]}")
+    if cfg.model.transfers is not None:
+        if len(set(cfg.model.transfers)) != len(cfg.model.transfers):
+            raise ConfigError(f"model.transfers={cfg.model.transfers} lists an edge twice")
+        if method.transfers and not cfg.model.transfers:
+            raise ConfigError("model.transfers=[] gives xtc no transfer nets; list edges such "
+                              "as [seg2depth], or use model.method=mtl")
+    for task, value in cfg.loss.lambdas.items():
+        if task not in TASKS:
+            raise ConfigError(f"loss.lambdas: {task!r} is not a task; keys are source tasks of "
+                              f"{TASKS.names()}, e.g. {{normal: 0.01}}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not 0.0 <= value <= 1.0:
+            raise ConfigError(f"loss.lambdas.{task}={value!r} must be a number in [0, 1]")
+    for task, key in (("seg", "lambda1"), ("depth", "lambda2")):
+        legacy = getattr(cfg.loss, key)
+        if task in cfg.loss.lambdas and legacy != DEFAULT_LAMBDA \
+                and legacy != cfg.loss.lambdas[task]:
+            raise ConfigError(f"loss.{key}={legacy} and loss.lambdas.{task}="
+                              f"{cfg.loss.lambdas[task]} both set {task}'s lambda; keep one")
+    built = method.tasks_for(tasks)
+    dataset = DATASETS.get(cfg.data.name)
+    provides = set(getattr(dataset, "batch_keys", ()))
+    for task in built:
+        missing = [k for k in TASKS.get(task).batch_keys if k not in provides]
+        if missing:
+            raise ConfigError(f"data.name={cfg.data.name} has no {missing} for task '{task}' "
+                              f"(it provides {sorted(provides)}); drop '{task}' from model.tasks "
+                              f"or use a dataset with {TASKS.get(task).title}")
+    return built
+
+
+def _edges(cfg: Config) -> list[str]:
+    from xtc.tasks import transfers_of
+
+    return transfers_of(cfg)
 
 
 def flatten(cfg: Config) -> dict:
@@ -420,6 +512,9 @@ def _coerce(value: Any, hint: Any, dotted: str, source: str) -> Any:
     elif hint is list or typing.get_origin(hint) is list:
         if isinstance(value, (list, tuple)):
             return list(value)
+    elif hint is dict or typing.get_origin(hint) is dict:
+        if isinstance(value, dict):
+            return {str(k): v for k, v in value.items()}
     else:  # pragma: no cover - every field has one of the types above
         return value
     name = getattr(hint, "__name__", str(hint))

@@ -1,206 +1,102 @@
-"""Evaluation metrics: segmentation (confusion matrix), depth errors, consistency energy, delta_m.
+"""Evaluation metrics across tasks: directions, Δm, and the consistency energy of transfers.
 
-Pure functions of tensors come first; the meters below only accumulate their sums and counts
-(kornia style). Every meter keeps its state in tensors and exposes ``state()``,
+Each task's own metrics live in its module (:mod:`xtc.tasks.seg`: confusion matrix and mIoU;
+:mod:`xtc.tasks.depth`: depth errors; :mod:`xtc.tasks.normal`: angle errors) and are
+re-exported here. Every meter keeps its state in tensors and exposes ``state()``,
 ``load_state()`` and ``merge()``, so a distributed run can all-reduce ``state()`` and load it
 back. All metrics are split-level: sums over every valid pixel of the split, never means of
 per-batch means (unlike the paper's code, paper-spec §7 and §11 items 15-17).
 
-Conventions (design.md): ``seg_target`` (B,H,W) int64 with -1 = ignore; segmentation
-predictions are logits (B,K,H,W) float or labels (B,H,W) int; depth ``pred`` and ``target`` are
-(B,1,H,W) with target 0 = invalid. Depth units are those of the inputs: inverse depth
-(Cityscapes, synthetic city) or metres (NYUv2).
+Directions and tasks of metric names come from the task registry (:data:`HIGHER_IS_BETTER`
+and :data:`METRIC_TASK` are live views of it), so a task added later is known here too.
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Mapping
+from typing import Callable, Iterator, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
+
+from xtc.tasks import TASKS, split_edge
+from xtc.tasks.base import Meter
+from xtc.tasks.depth import (DEPTH_EPS, DepthMeter, depth_error_sums,  # noqa: F401
+                             depth_metrics)
+from xtc.tasks.normal import NormalMeter, angle_error  # noqa: F401
+from xtc.tasks.seg import (SegmentationMeter, confusion_matrix, iou_from_confusion,  # noqa: F401
+                           legacy_miou_per_image, miou_from_confusion, pixel_acc_from_confusion)
 
 __all__ = ["DELTA_M_CONVENTION", "DEPTH_EPS", "HIGHER_IS_BETTER", "confusion_matrix",
            "iou_from_confusion", "miou_from_confusion", "pixel_acc_from_confusion",
-           "legacy_miou_per_image", "depth_error_sums", "depth_metrics",
-           "consistency_energy_maps", "delta_m", "delta_m_task", "METRIC_TASK", "higher_is_better",
-           "SegmentationMeter", "DepthMeter", "ConsistencyMeter"]
+           "legacy_miou_per_image", "depth_error_sums", "depth_metrics", "angle_error",
+           "consistency_energy_maps", "edge_energy_maps", "delta_m", "delta_m_task",
+           "METRIC_TASK", "higher_is_better", "SegmentationMeter", "DepthMeter", "NormalMeter",
+           "ConsistencyMeter"]
 
-DEPTH_EPS = 1e-6  # predictions are clamped to this before log and ratios (the depth head is unbounded)
-
-
-# ----------------------------------------------------------------------------- segmentation
-def _as_labels(logits_or_labels: Tensor, num_classes: int) -> Tensor:
-    """Logits (B,K,H,W) float -> argmax labels (B,H,W); labels (B,H,W) int pass through."""
-    x = logits_or_labels
-    if x.is_floating_point():
-        if x.dim() != 4 or x.shape[1] != num_classes:
-            raise ValueError(f"segmentation logits must be (B,{num_classes},H,W); got {tuple(x.shape)}")
-        return x.max(1).indices  # = argmax(1) (first maximum), ~7x faster on CPU
-    if x.dim() != 3:
-        raise ValueError(f"segmentation labels must be (B,H,W) integers; got {tuple(x.shape)}")
-    return x.long()
+_Meter = Meter  # the meters' base class (xtc.tasks.base.Meter)
 
 
-def _check_label_range(labels: Tensor, k: int, message: str) -> None:
-    """Labels outside [0, k) would be counted in another image's or class's bin: refuse them."""
-    if labels.numel():
-        lo, hi = torch.aminmax(labels)  # one pass
-        if lo < 0 or hi >= k:
-            raise ValueError(f"{message}; got range [{int(lo)}, {int(hi)}]")
+class _RegistryView(Mapping):
+    """A read-only dict computed from the task registry at every access."""
+
+    def __init__(self, build: Callable[[], dict]):
+        self._build = build
+
+    def __getitem__(self, key):
+        return self._build()[key]
+
+    def __iter__(self) -> Iterator:
+        return iter(self._build())
+
+    def __len__(self) -> int:
+        return len(self._build())
+
+    def __repr__(self) -> str:
+        return repr(self._build())
 
 
-def _per_image_confusion(pred: Tensor, target: Tensor, num_classes: int, ignore_index: int,
-                         pred_checked: bool = False) -> Tensor:
-    """(B,K,K) int64 confusion per image (rows = ground truth, cols = prediction), one bincount.
-
-    Ignored pixels go to one extra bin that is dropped, so no boolean indexing (which costs a
-    nonzero() and a gather over every pixel). ``pred_checked``: pred came from an argmax over
-    K classes, so its range check is skipped.
-    """
-    if pred.shape != target.shape or target.dim() != 3:
-        raise ValueError(f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} must both be (B,H,W)")
-    k, b = num_classes, target.shape[0]
-    valid = target != ignore_index
-    _check_label_range(torch.where(valid, target, 0), k,
-                       f"target labels must be in [0,{k}) or ignore_index={ignore_index}")
-    if not pred_checked:
-        _check_label_range(pred, k, f"predicted labels must be in [0,{k})")
-    bins = b * k * k
-    dtype = torch.int32 if bins < 2**31 else torch.int64  # int32 halves the memory traffic
-    image = torch.arange(b, device=target.device, dtype=dtype).view(-1, 1, 1) * (k * k)
-    idx = torch.where(valid, image + target.to(dtype) * k + pred.to(dtype), bins)
-    return torch.bincount(idx.reshape(-1), minlength=bins + 1)[:bins].view(b, k, k)
-
-
-def confusion_matrix(pred_labels: Tensor, target: Tensor, num_classes: int, ignore_index: int = -1) -> Tensor:
-    """Confusion matrix (K,K) int64, rows = ground truth, cols = prediction.
-
-    pred_labels: (B,H,W) int in [0,K) (or logits (B,K,H,W), argmaxed); target: (B,H,W) int with
-    ``ignore_index`` pixels left out entirely.
-
-    Example:
-        >>> confusion_matrix(torch.tensor([[[0, 1, 1]]]), torch.tensor([[[0, 0, -1]]]), 2)
-        tensor([[1, 1],
-                [0, 0]])
-    """
-    pred = _as_labels(pred_labels, num_classes)
-    return _per_image_confusion(pred, target, num_classes, ignore_index,
-                                pred_checked=pred_labels.is_floating_point()).sum(0)
-
-
-def iou_from_confusion(conf: Tensor) -> Tensor:
-    """Per-class IoU_j = C_jj / (sum_i C_ji + sum_i C_ij - C_jj), float64 (K,).
-
-    NaN where the union is 0, i.e. class j is absent from both prediction and ground truth.
-    """
-    conf = conf.double()
-    inter = conf.diagonal()
-    union = conf.sum(0) + conf.sum(1) - inter
-    return torch.where(union > 0, inter / union.clamp_min(1), torch.full_like(inter, float("nan")))
-
-
-def miou_from_confusion(conf: Tensor) -> float:
-    """Mean IoU over classes with a non-empty union (NaN classes excluded)."""
-    return float(iou_from_confusion(conf).nanmean())
-
-
-def pixel_acc_from_confusion(conf: Tensor) -> float:
-    """Pixel accuracy = trace(C) / sum(C) over non-ignored pixels (NaN if there are none)."""
-    total = conf.sum()
-    return float(conf.diagonal().sum().double() / total) if total > 0 else float("nan")
-
-
-def _legacy_from_per_image(per_image: Tensor) -> Tensor:
-    conf = per_image.double()
-    inter = conf.diagonal(dim1=1, dim2=2)  # (B,K)
-    union = conf.sum(1) + conf.sum(2) - inter
-    present = union > 0
-    iou = torch.where(present, inter / union.clamp_min(1), torch.zeros_like(inter))
-    return iou.sum(1) / present.sum(1)  # NaN for an image with no valid pixel
-
-
-def legacy_miou_per_image(pred_labels: Tensor, target: Tensor, num_classes: int,
-                          ignore_index: int = -1) -> Tensor:
-    """LEGACY per-image mIoU of the paper's code (MTAN's old formula, paper-spec §7), (B,) float64.
-
-    Per image, over valid pixels: IoU_j = I_j / U_j for each class with U_j > 0 (a class predicted
-    but absent from the ground truth counts 0), mean over those classes. Averaging this over
-    images gives values ~8% below the dataset-level mIoU; use it only to compare with the paper.
-    NaN for an image without valid pixels.
-    """
-    pred = _as_labels(pred_labels, num_classes)
-    return _legacy_from_per_image(_per_image_confusion(pred, target, num_classes, ignore_index,
-                                                       pred_checked=pred_labels.is_floating_point()))
-
-
-# ----------------------------------------------------------------------------- depth
-_DEPTH_KEYS = ("count", "abs", "rel", "sq", "log_sq", "d1", "d2", "d3")
-
-
-def depth_error_sums(pred: Tensor, target: Tensor, mask: Tensor | None = None,
-                     eps: float = DEPTH_EPS) -> Tensor:
-    """Float64 sums (8,) over valid pixels: count, Σ|p-t|, Σ|p-t|/t, Σ(p-t)², Σ(log p - log t)²,
-    and the counts of max(p/t, t/p) < 1.25^k for k = 1, 2, 3.
-
-    pred, target: (B,1,H,W) in the same unit (inverse depth or metres); valid = target > 0,
-    AND ``mask`` if given. p is clamped to ``eps`` for the log and the ratios only.
-    """
-    if pred.shape != target.shape:
-        raise ValueError(f"depth pred {tuple(pred.shape)} and target {tuple(target.shape)} must match (B,1,H,W)")
-    valid = target > 0
-    if mask is not None:
-        valid = valid & mask.reshape(target.shape).bool()
-    # Elementwise in float32 over every pixel, with no boolean indexing (a nonzero() and a gather
-    # per call): invalid pixels get p = t = 1, so they add 0 to every error sum and exactly 1 to
-    # every ratio count, which is subtracted. Per-batch float32 sums, accumulated in float64.
-    n_valid = valid.sum()
-    n_invalid = valid.numel() - n_valid
-    p = torch.where(valid, pred.float(), 1.0)
-    t = torch.where(valid, target.float(), 1.0)
-    pc = p.clamp_min(eps)
-    d = (p - t).abs()
-    ratio = torch.maximum(pc / t, t / pc)
-    sums = [d.sum(), (d / t).sum(), d.square().sum(), (pc.log() - t.log()).square().sum()]
-    counts = [(ratio < 1.25 ** k).sum() - n_invalid for k in (1, 2, 3)]
-    return torch.stack([n_valid.double()] + [x.double() for x in sums + counts])
-
-
-def _depth_metrics_from_sums(s: Tensor) -> dict[str, float]:
-    n, a, r, sq, lsq, d1, d2, d3 = s.tolist()
-    if n == 0:
-        return {k: float("nan") for k in ("abs_err", "rel_err", "rmse", "log_rmse", "delta1", "delta2", "delta3")}
-    return {"abs_err": a / n, "rel_err": r / n, "rmse": math.sqrt(sq / n), "log_rmse": math.sqrt(lsq / n),
-            "delta1": d1 / n, "delta2": d2 / n, "delta3": d3 / n}
-
-
-def depth_metrics(pred: Tensor, target: Tensor, mask: Tensor | None = None) -> dict[str, float]:
-    """abs_err = mean|p-t|, rel_err = mean|p-t|/t (a ratio, not x100), rmse = sqrt mean (p-t)²,
-    log_rmse = sqrt mean (log max(p,eps) - log t)², delta_k = frac max(p/t,t/p) < 1.25^k.
-
-    Means over all valid pixels (target > 0 and ``mask``); units of abs_err/rmse are the inputs'.
-    """
-    return _depth_metrics_from_sums(depth_error_sums(pred, target, mask))
+# metric name -> True when higher is better (every task's metrics)
+HIGHER_IS_BETTER: Mapping = _RegistryView(
+    lambda: {m.name: m.higher_is_better for _, m in TASKS.all_metrics()})
+# metric name -> the task it belongs to, for the task-weighted Δm
+METRIC_TASK: Mapping = _RegistryView(lambda: {m.name: t for t, m in TASKS.all_metrics()})
 
 
 # ----------------------------------------------------------------------------- consistency
+def edge_energy_maps(predictions: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Per-pixel energy (B,H,W) of every transfer ``a2b`` in ``predictions`` against the
+    direct prediction ``b``, as the target task defines it (``Task.energy_map``: KL for
+    segmentation, |difference| for depth, 1 - cos for normals)."""
+    out = {}
+    for name, value in predictions.items():
+        try:
+            source, target = split_edge(name)
+        except ValueError:
+            continue
+        if source in TASKS and target in TASKS and target in predictions:
+            out[name] = TASKS.get(target)().energy_map(predictions[target], value)
+    return out
+
+
 def consistency_energy_maps(predictions: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Per-pixel consistency energy between transferred and direct predictions (paper-spec §4.3).
+    """Per-pixel consistency energy of each task that receives transfers (paper-spec §4.3):
+    ``<task>`` (B,H,W) is the mean over its incoming edges of :func:`edge_energy_maps`.
 
-    ``seg`` (B,H,W): KL(softmax(seg) || softmax(depth2seg)) summed over the K classes (the
-    authors' code divided it by K). ``depth`` (B,H,W): |seg2depth - depth| in depth units.
+    Two tasks: ``seg`` is KL(softmax(seg) || softmax(depth2seg)) summed over the K classes
+    (the authors' code divided it by K), ``depth`` is |seg2depth - depth| in depth units.
     """
-    seg, d2s = predictions["seg"], predictions["depth2seg"]
-    if seg.shape != d2s.shape or seg.dim() != 4:
-        raise ValueError(f"'seg' {tuple(seg.shape)} and 'depth2seg' {tuple(d2s.shape)} must both be (B,K,H,W)")
-    log_p, log_q = F.log_softmax(seg.float(), 1), F.log_softmax(d2s.float(), 1)
-    kl = (log_p.exp() * (log_p - log_q)).sum(1)
-    depth, s2d = predictions["depth"], predictions["seg2depth"]
-    if depth.shape != s2d.shape:
-        raise ValueError(f"'depth' {tuple(depth.shape)} and 'seg2depth' {tuple(s2d.shape)} must match (B,1,H,W)")
-    return {"seg": kl, "depth": (s2d.float() - depth.float()).abs().squeeze(1)}
+    per_target: dict[str, list[Tensor]] = {}
+    for name, energy in edge_energy_maps(predictions).items():
+        per_target.setdefault(split_edge(name)[1], []).append(energy)
+    if not per_target:
+        raise ValueError(f"no transferred prediction <a>2<b> among {sorted(predictions)}: "
+                         f"consistency energy needs an xtc model's outputs")
+    return {t: maps[0] if len(maps) == 1 else torch.stack(maps).mean(0)
+            for t, maps in per_target.items()}
 
 
+# ----------------------------------------------------------------------------- delta_m
 # ----------------------------------------------------------------------------- delta_m
 DELTA_M_CONVENTION = (
     "Δm% = (100/T) Σ_k (-1)^δ_k (M_k - M_base,k) / M_base,k, δ_k = 1 if higher is better: lower is "
@@ -209,20 +105,6 @@ DELTA_M_CONVENTION = (
     "better). Metric-weighted: the mean over all T metrics. Task-weighted (Senushkin et al. 2023, "
     "Aligned-MTL): the mean over tasks of each task's mean over its metrics, so a task with many "
     "metrics (5 for surface normals) does not outweigh the others.")
-
-HIGHER_IS_BETTER: dict[str, bool] = {
-    "miou": True, "pixel_acc": True, "delta1": True, "delta2": True, "delta3": True,
-    "abs_err": False, "rel_err": False, "rmse": False, "log_rmse": False,
-    # NYUv2 surface normals (MTAN protocol): angle errors in degrees, within-t° shares as fractions
-    "normal_mean": False, "normal_median": False, "normal_11": True, "normal_22": True, "normal_30": True,
-}
-
-# The task each metric belongs to, for the task-weighted Δm.
-METRIC_TASK: dict[str, str] = {
-    "miou": "seg", "pixel_acc": "seg",
-    **{m: "depth" for m in ("abs_err", "rel_err", "rmse", "log_rmse", "delta1", "delta2", "delta3")},
-    **{m: "normal" for m in ("normal_mean", "normal_median", "normal_11", "normal_22", "normal_30")},
-}
 
 def higher_is_better(metric: str) -> bool:
     """Direction of any logged metric name (``val_``/``test_`` prefixes allowed), for model selection.
@@ -302,135 +184,73 @@ def delta_m_task(results: dict[str, float], baselines: dict[str, float],
     return 100.0 * sum(sum(v) / len(v) for v in per_task.values()) / len(per_task)
 
 
+
 # ----------------------------------------------------------------------------- meters
-class _Meter:
-    """Tensor state named in ``_state_names``; summable across processes."""
+class ConsistencyMeter(Meter):
+    """Split-level consistency energy (paper-spec §4.3, with the authors' quirks fixed).
 
-    _state_names: tuple[str, ...] = ()
+    ``<b>_energy``: for each task b that receives transfers, the mean per-pixel energy of its
+    incoming edges (``Task.energy_map``) over b's valid pixels; ``energy``: the mean over
+    those tasks (two tasks: 0.5 seg_energy + 0.5 depth_energy); ``seg_agreement``: the
+    fraction of valid pixels where a transfer into seg has the direct seg's argmax.
 
-    def state(self) -> dict[str, Tensor]:
-        return {n: getattr(self, n).clone() for n in self._state_names}
-
-    def load_state(self, state: dict[str, Tensor]) -> None:
-        for n in self._state_names:
-            cur = getattr(self, n)
-            if state[n].shape != cur.shape:
-                raise ValueError(f"state {n!r} has shape {tuple(state[n].shape)}, expected {tuple(cur.shape)}")
-            setattr(self, n, state[n].to(cur.dtype).clone())
-
-    def merge(self, other: "_Meter") -> None:
-        """Add another meter's sums into this one (same as having seen both streams)."""
-        for n in self._state_names:
-            cur = getattr(self, n)
-            setattr(self, n, cur + getattr(other, n).to(cur.device, cur.dtype))
-
-    def _follow(self, device: torch.device) -> None:
-        for n in self._state_names:
-            setattr(self, n, getattr(self, n).to(device))
-
-
-class SegmentationMeter(_Meter):
-    """Dataset-level mIoU and pixel accuracy from one confusion matrix, plus the legacy mIoU.
-
-    ``confusion`` (K,K) int64, rows = ground truth, cols = prediction. ``compute()`` returns
-    ``miou``, ``pixel_acc``, ``iou_per_class`` (NaN for a class absent from prediction and
-    ground truth over the whole split, excluded from the mean) and ``miou_legacy``: LEGACY,
-    the paper code's per-image mIoU averaged over images (see :func:`legacy_miou_per_image`).
-    """
-
-    _state_names = ("confusion", "legacy_sum", "legacy_count")
-
-    def __init__(self, num_classes: int, ignore_index: int = -1) -> None:
-        self.num_classes, self.ignore_index = num_classes, ignore_index
-        self.reset()
-
-    def reset(self) -> None:
-        k = self.num_classes
-        self.confusion = torch.zeros(k, k, dtype=torch.int64)
-        self.legacy_sum = torch.zeros((), dtype=torch.float64)
-        self.legacy_count = torch.zeros((), dtype=torch.int64)
-
-    @torch.no_grad()
-    def update(self, logits_or_labels: Tensor, target: Tensor) -> None:
-        pred = _as_labels(logits_or_labels, self.num_classes)
-        self._follow(target.device)
-        per_image = _per_image_confusion(pred, target, self.num_classes, self.ignore_index,
-                                         pred_checked=logits_or_labels.is_floating_point())
-        self.confusion += per_image.sum(0)
-        legacy = _legacy_from_per_image(per_image)
-        ok = ~legacy.isnan()  # images without any valid pixel are skipped
-        self.legacy_sum += legacy[ok].sum()
-        self.legacy_count += ok.sum()
-
-    def compute(self) -> dict:
-        n = int(self.legacy_count)
-        return {"miou": miou_from_confusion(self.confusion),
-                "pixel_acc": pixel_acc_from_confusion(self.confusion),
-                "iou_per_class": iou_from_confusion(self.confusion).tolist(),
-                "miou_legacy": float(self.legacy_sum) / n if n else float("nan")}
-
-
-class DepthMeter(_Meter):
-    """Split-level depth errors (see :func:`depth_metrics`), float64 sums over all valid pixels.
-
-    Units follow the inputs: inverse depth (Cityscapes, synthetic city) or metres (NYUv2).
+    Args:
+        num_classes: K (checked against the ``seg`` prediction).
+        edges: the transfers to measure (default the paper's ``seg2depth``, ``depth2seg``).
     """
 
     _state_names = ("sums",)
 
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self.sums = torch.zeros(len(_DEPTH_KEYS), dtype=torch.float64)
-
-    @torch.no_grad()
-    def update(self, pred: Tensor, target: Tensor, mask: Tensor | None = None) -> None:
-        """pred, target (B,1,H,W); mask (B,1,H,W) bool, ANDed with target > 0."""
-        self._follow(target.device)
-        self.sums += depth_error_sums(pred, target, mask)
-
-    def compute(self) -> dict[str, float]:
-        return _depth_metrics_from_sums(self.sums)
-
-
-class ConsistencyMeter(_Meter):
-    """Split-level consistency energy (paper-spec §4.3, with the authors' quirks fixed).
-
-    seg_energy = mean per-pixel KL(softmax(seg) || softmax(depth2seg)) (over ``seg_valid``
-    pixels if given); depth_energy = mean |seg2depth - depth| (over ``depth_mask`` pixels if
-    given); energy = 0.5 seg_energy + 0.5 depth_energy; seg_agreement = fraction of (seg_valid)
-    pixels where argmax(depth2seg) == argmax(seg).
-    """
-
-    _state_names = ("sums",)  # seg KL sum, seg pixel count, agreeing pixels, depth sum, depth count
-
-    def __init__(self, num_classes: int) -> None:
+    def __init__(self, num_classes: int, edges: Optional[list[str]] = None) -> None:
         self.num_classes = num_classes
+        self.edges = list(edges) if edges is not None else ["seg2depth", "depth2seg"]
+        self.targets = list(dict.fromkeys(split_edge(e)[1] for e in self.edges))
         self.reset()
 
-    def reset(self) -> None:
-        self.sums = torch.zeros(5, dtype=torch.float64)
+    def reset(self) -> None:  # per target: energy sum, pixel count; then agreeing, seg count
+        self.sums = torch.zeros(2 * len(self.targets) + 2, dtype=torch.float64)
 
     @torch.no_grad()
-    def update(self, predictions: dict[str, Tensor], depth_mask: Tensor | None = None,
-               seg_valid: Tensor | None = None) -> None:
-        """predictions: model dict; depth_mask (B,1,H,W) or (B,H,W) bool; seg_valid (B,H,W) bool."""
-        if predictions["seg"].shape[1] != self.num_classes:
-            raise ValueError(f"'seg' has {predictions['seg'].shape[1]} classes, meter expects {self.num_classes}")
-        maps = consistency_energy_maps(predictions)
-        self._follow(maps["seg"].device)
-        sv = torch.ones_like(maps["seg"], dtype=torch.bool) if seg_valid is None \
-            else seg_valid.reshape(maps["seg"].shape).bool()
-        dv = torch.ones_like(maps["depth"], dtype=torch.bool) if depth_mask is None \
-            else depth_mask.reshape(maps["depth"].shape).bool()
-        agree = predictions["depth2seg"].max(1).indices == predictions["seg"].max(1).indices
-        self.sums += torch.stack([maps["seg"][sv].double().sum(), sv.sum().double(), agree[sv].sum().double(),
-                                  maps["depth"][dv].double().sum(), dv.sum().double()])
+    def update(self, predictions: dict[str, Tensor], batch: Optional[dict] = None, *,
+               depth_mask: Optional[Tensor] = None, seg_valid: Optional[Tensor] = None) -> None:
+        """predictions: the model's dict; ``batch`` gives each target task's valid pixels
+        (``Task.valid``); without it, ``depth_mask`` (B,1,H,W) and ``seg_valid`` (B,H,W)
+        bool do for the two-task graph (None: every pixel)."""
+        if "seg" in predictions and predictions["seg"].shape[1] != self.num_classes:
+            raise ValueError(f"'seg' has {predictions['seg'].shape[1]} classes, meter expects "
+                             f"{self.num_classes}")
+        legacy = {"depth": depth_mask, "seg": seg_valid}
+        device = predictions[self.targets[0]].device
+        self._follow(device)
+        parts = []
+        agree = torch.zeros((), dtype=torch.float64, device=device)
+        seg_count = torch.zeros((), dtype=torch.float64, device=device)
+        for target in self.targets:
+            task = TASKS.get(target)()
+            incoming = [e for e in self.edges if split_edge(e)[1] == target]
+            direct = predictions[target]
+            valid = task.valid(batch) if batch is not None else legacy.get(target)
+            shape = (direct.shape[0], *direct.shape[2:])
+            valid = (torch.ones(shape, dtype=torch.bool, device=device) if valid is None
+                     else valid.reshape(shape).bool())
+            energy = torch.zeros((), dtype=torch.float64, device=device)
+            for name in incoming:
+                energy = energy + task.energy_map(direct, predictions[name])[valid].double().sum()
+                if target == "seg":
+                    agree = agree + task.agreement(direct, predictions[name])[valid].double().sum()
+                    seg_count = seg_count + valid.sum().double()
+            parts += [energy, valid.sum().double() * len(incoming)]
+        self.sums += torch.stack(parts + [agree, seg_count])
 
     def compute(self) -> dict[str, float]:
-        kl, n_seg, agree, dep, n_dep = self.sums.tolist()
-        seg_e = kl / n_seg if n_seg else float("nan")
-        dep_e = dep / n_dep if n_dep else float("nan")
-        return {"seg_energy": seg_e, "depth_energy": dep_e, "energy": 0.5 * seg_e + 0.5 * dep_e,
-                "seg_agreement": agree / n_seg if n_seg else float("nan")}
+        values = self.sums.tolist()
+        out, energies = {}, []
+        for i, target in enumerate(self.targets):
+            total, count = values[2 * i], values[2 * i + 1]
+            out[f"{target}_energy"] = total / count if count else float("nan")
+            energies.append(out[f"{target}_energy"])
+        out["energy"] = sum(e / len(energies) for e in energies)
+        if "seg" in self.targets:
+            agree, n = values[-2], values[-1]
+            out["seg_agreement"] = agree / n if n else float("nan")
+        return out

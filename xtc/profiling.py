@@ -22,10 +22,8 @@ import torch
 from xtc.config import Config
 from xtc.data import build_dataset
 from xtc.data.synthetic import CLASS_NAMES
-from xtc.losses import build_criterion
-from xtc.models import build_model_from_config
 from xtc.runtime import choose_device
-from xtc.train import build_optimizer, forward_losses, optimizer_step
+from xtc.train import build_experiment, forward_losses, optimizer_step
 
 __all__ = ["synthetic_batch", "time_training_step", "scaling_grid", "fit_cost_model"]
 
@@ -47,11 +45,9 @@ def time_training_step(cfg: Config, batch: dict, model: torch.nn.Module, repeats
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     device = device or next(model.parameters()).device
-    model = copy.deepcopy(model).to(device).train()
-    if cfg.train.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    criterion = build_criterion(cfg, model).to(device).train()
-    optimizer = build_optimizer(cfg, list(model.parameters()) + list(criterion.parameters()))
+    exp = build_experiment(cfg, device, num_classes=model.num_classes)
+    exp.model.load_state_dict(copy.deepcopy(model.state_dict()))
+    model, criterion, optimizer = exp.model.train(), exp.criterion.train(), exp.optimizer
 
     def step() -> None:
         optimizer_step(forward_losses(model, criterion, batch, device, cfg), optimizer, criterion)
@@ -83,7 +79,7 @@ def scaling_grid(cfg: Config, resolutions: Sequence[tuple[int, int]], batch_size
                              f"(the encoder downsamples 32x)")
     torch.manual_seed(seed)
     device = choose_device(cfg.train.device)
-    model = build_model_from_config(cfg, num_classes=len(CLASS_NAMES)).to(device)
+    model = build_experiment(cfg, device, optimizer=False, num_classes=len(CLASS_NAMES)).model
     rows, skipped = [], []
     for h, w in resolutions:
         scenes = synthetic_batch(max(batch_sizes), h, w, seed)

@@ -32,24 +32,25 @@ from typing import Iterable, Optional
 PROTOCOLS = ("xtc", "mtan", "paper")
 MTAN_LAST_EPOCHS = 10
 
-# Each task's own metrics: the ones the field's tables report for it (and Δm is taken over).
-TASK_METRICS = {"seg": ("miou", "pixel_acc"), "depth": ("abs_err", "rel_err")}
-# Every metric ``evaluate`` logs per task, and for xtc models (energies need transfer nets).
-_LOGGED = {"seg": ("miou", "pixel_acc", "miou_legacy", "loss_seg"),
-           "depth": ("abs_err", "rel_err", "rmse", "log_rmse", "delta1", "delta2", "delta3",
-                     "loss_depth")}
-_XTC_LOGGED = ("seg_energy", "depth_energy", "energy", "seg_agreement", "loss_seg2depth",
-               "loss_depth2seg")
 
 
-def select_names(tasks: Iterable[str], cross_task: bool) -> list[str]:
-    """Every valid ``train.select`` for a model with ``tasks`` (and transfer nets if
-    ``cross_task``): ``delta_m``, ``val_loss`` and the val metrics it logs."""
+def select_names(tasks: Iterable[str], cross_task: bool,
+                 edges: Optional[Iterable[str]] = None) -> list[str]:
+    """Every valid ``train.select`` for a model with ``tasks`` (and transfer nets along
+    ``edges`` if ``cross_task``; default every ordered pair): ``delta_m``, ``val_loss`` and
+    the val metrics it logs (the task registry's, its loss terms, consistency energies)."""
+    from xtc.tasks import default_transfers, metric_names, split_edge
+
+    tasks = list(tasks)
     names = ["delta_m", "val_loss", "direct_loss", "loss_total"]
     for task in tasks:
-        names += _LOGGED[task]
+        names += metric_names([task]) + [f"loss_{task}"]
     if cross_task:
-        names += _XTC_LOGGED
+        edges = list(edges) if edges is not None else default_transfers(tasks)
+        targets = list(dict.fromkeys(split_edge(e)[1] for e in edges))
+        names += [f"{t}_energy" for t in targets] + ["energy"]
+        names += ["seg_agreement"] if "seg" in targets else []
+        names += [f"loss_{e}" for e in edges]
     return names
 
 
@@ -59,7 +60,8 @@ def score(select: str, val: dict, first_val: Optional[dict], tasks: Iterable[str
 
     ``delta_m`` is the task-weighted Δm% of ``val`` against the run's **first** validation
     (``first_val``): for each task, the mean signed relative change of its own metrics
-    (:data:`TASK_METRICS`; lower-is-better sign convention), then the mean over tasks.
+    (the task registry's table metrics, ``xtc.tasks.delta_m_metrics``; lower-is-better sign
+    convention), then the mean over tasks.
 
     Why this rule: every task counts equally, whatever its loss scale (the summed
     cross-entropy + L1 of ``val_loss`` is 8-10x larger for segmentation, so multi-task runs
@@ -94,11 +96,13 @@ def higher_is_better_score(select: str) -> bool:
 
 def _task_weighted_change(val: dict, first: dict, tasks: Iterable[str]) -> float:
     from xtc.metrics import higher_is_better
+    from xtc.tasks import delta_m_metrics
 
+    table = delta_m_metrics()
     per_task = []
     for task in tasks:
         changes = []
-        for metric in TASK_METRICS[task]:
+        for metric in table[task]:
             base, value = first.get(metric), val.get(metric)
             if base is None or value is None:
                 continue

@@ -30,10 +30,12 @@ from torch.utils.data import DataLoader
 from xtc import checkpoint, distributed, results, runtime, selection
 from xtc.config import Config, flatten
 from xtc.data import build_dataset_from_config
+from xtc.data import num_classes as dataset_classes
 from xtc.data.resident import ResidentSplit
 from xtc.losses import build_criterion
-from xtc.metrics import ConsistencyMeter, DepthMeter, SegmentationMeter
+from xtc.metrics import ConsistencyMeter
 from xtc.models import build_model_from_config
+from xtc.tasks import TASKS, split_edge
 
 
 class TrainingError(RuntimeError, ValueError):
@@ -88,6 +90,174 @@ class Run:
     wall_time_s: float = 0.0
 
 
+@dataclass
+class TrainingState:
+    """Where training stands: what a checkpoint stores beside the weights, and all a resume
+    needs to continue exactly (``partial`` holds the running sums of an unfinished epoch)."""
+
+    epoch: int = 0  # the epoch being trained (= epochs finished, between epochs)
+    step: int = 0  # steps of ``epoch`` done
+    partial: dict = field(default_factory=dict)  # {"sums": {...}, "cosines": {...}} of ``epoch``
+    history: list = field(default_factory=list)  # one record per finished epoch
+    best_epoch: int = -1  # the reported epoch so far
+    best_score: Optional[float] = None  # its selection score
+
+    def to_payload(self) -> dict:
+        """The checkpoint entries (``checkpoint.STATE_ENTRIES``), one per field."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_payload(cls, payload: dict) -> "TrainingState":
+        return cls(**{f.name: payload[f.name] for f in dataclasses.fields(cls)})
+
+
+@dataclass
+class Experiment:
+    """Everything one config needs, assembled once (:func:`build_experiment`): the model on
+    its device, the criterion, the optimiser and scheduler, and the splits (built on first
+    use, holding only the batch keys the model's tasks need)."""
+
+    config: Config
+    device: torch.device
+    model: torch.nn.Module
+    criterion: torch.nn.Module
+    optimizer: Optional[torch.optim.Optimizer]
+    scheduler: Optional[Any]
+    num_classes: int
+    data_config: Any  # cfg.data, with no val split under the mtan and paper protocols
+    _splits: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def watch_split(self) -> str:
+        """The split evaluated every epoch: val (xtc protocol) or test (mtan, paper)."""
+        return "val" if self.config.train.protocol == "xtc" else "test"
+
+    def dataset(self, split: str, augment: Optional[bool] = None):
+        """Split ``split`` (train | val | test); ``augment=False`` turns the train split's
+        augmentation off (evaluation)."""
+        key = (split, augment)
+        if key not in self._splits:
+            data = (self.data_config if augment is None
+                    else dataclasses.replace(self.data_config, augment=augment))
+            self._splits[key] = build_dataset_from_config(data, split, tasks=self.model.tasks)
+        return self._splits[key]
+
+
+def build_experiment(cfg: Config, device: Any = None, *, optimizer: bool = True,
+                     num_classes: Optional[int] = None,
+                     ctx: distributed.Context = distributed.Context()) -> Experiment:
+    """Model (placed on ``device`` in the run's memory layout, SyncBatchNorm under torchrun
+    when ``train.sync_batchnorm``), criterion, optimiser and StepLR scheduler for ``cfg``:
+    the one place ``fit``, ``xtc evaluate``, the explorer, profiling and bench assemble an
+    experiment. ``device`` None: ``train.device``. ``num_classes``: a checkpoint's (default
+    the dataset's)."""
+    device = runtime.choose_device(cfg.train.device) if device is None else torch.device(device)
+    classes = num_classes if num_classes is not None else dataset_classes(cfg.data)
+    model = place_model(build_model_from_config(cfg, num_classes=classes), cfg, device)
+    if ctx.active and cfg.train.sync_batchnorm:
+        model = distributed.convert_sync_batchnorm(model)
+    criterion = build_criterion(cfg, model).to(device)
+    opt = sched = None
+    if optimizer:
+        opt = build_optimizer(cfg, list(model.parameters()) + list(criterion.parameters()))
+        sched = torch.optim.lr_scheduler.StepLR(opt, cfg.optim.step_size, cfg.optim.gamma)
+    data = cfg.data if cfg.train.protocol == "xtc" else dataclasses.replace(cfg.data,
+                                                                            val_fraction=0.0)
+    return Experiment(cfg, device, model, criterion, opt, sched, classes, data)
+
+
+@dataclass
+class LoadedRun:
+    """A trained run read back (:func:`load_run`): its config, the experiment with the
+    checkpoint's weights loaded (eval mode), and results.json when the folder has one."""
+
+    config: Config
+    experiment: Experiment
+    checkpoint_path: Path
+    run_dir: Optional[Path]
+    results: Optional[dict]
+    epoch: Optional[int]
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.experiment.model
+
+    @property
+    def criterion(self) -> torch.nn.Module:
+        return self.experiment.criterion
+
+    @property
+    def num_classes(self) -> int:
+        return self.experiment.num_classes
+
+    @property
+    def method(self) -> str:
+        return self.config.model.method
+
+    @property
+    def name(self) -> str:
+        return (self.run_dir or self.checkpoint_path.parent).name
+
+    def dataset(self, split: str):
+        """Split ``split`` of the run's data, never augmented (what evaluation sees)."""
+        return self.experiment.dataset(split, augment=False)
+
+
+def load_run(path: str | Path, device: Any = None, overrides: list | dict | None = None,
+             checkpoint_name: str = "best.pt") -> LoadedRun:
+    """Read a run back from its folder (``checkpoints/best.pt``, else ``last.pt``) or from a
+    checkpoint file: the one place that turns a checkpoint into a model.
+
+    ``overrides`` change the saved config (e.g. ``data.root`` on another machine); they are
+    applied by :func:`xtc.checkpoint.config_of`, which refuses a checkpoint whose config
+    lacks keys instead of filling them with today's defaults. ``device`` None: the config's
+    ``train.device``. Non-finite weights and weights that do not fit the config's model are
+    refused with a message that says so.
+    """
+    path = Path(path).expanduser()
+    run_dir = None
+    if path.is_dir():
+        run_dir = path
+        folder = path / "checkpoints"
+        candidates = [folder / checkpoint_name, folder / "last.pt"]
+        path = next((c for c in candidates if c.is_file()), candidates[0])
+        if not path.is_file():
+            raise FileNotFoundError(f"{run_dir} holds no checkpoints/best.pt or last.pt; "
+                                    f"point at a run folder written by xtc train --out DIR")
+    elif path.parent.name == "checkpoints":
+        run_dir = path.parent.parent
+    payload = checkpoint.load(path, require=checkpoint.EVAL_ENTRIES)
+    checkpoint.check_finite(payload, path)
+    cfg = checkpoint.config_of(payload, path, overrides)
+    exp = build_experiment(cfg, device, optimizer=False, num_classes=payload["num_classes"])
+    try:
+        exp.model.load_state_dict(payload["model"])
+    except RuntimeError as exc:
+        detail = " ".join(line.strip() for line in str(exc).splitlines()[1:2])[:160]
+        raise ValueError(f"checkpoint {path} does not fit the model its config "
+                         f"describes ({detail}...); was it written by another xtc version "
+                         f"or edited?") from None
+    if "criterion" in payload:
+        try:
+            exp.criterion.load_state_dict(payload["criterion"])
+        except RuntimeError:
+            trained = (payload["config"].get("loss", {}) if isinstance(payload["config"], dict)
+                       else {})
+            raise checkpoint.CheckpointError(
+                f"checkpoint {path}'s loss state (trained with loss.weighting="
+                f"{trained.get('weighting', '?')}, loss.single_task_weighting="
+                f"{trained.get('single_task_weighting', '?')}) does not fit the criterion of "
+                f"loss.weighting={cfg.loss.weighting}, loss.single_task_weighting="
+                f"{cfg.loss.single_task_weighting}; drop the loss.* --set overrides, the "
+                f"checkpoint's own loss settings apply") from None
+    exp.model.eval()
+    exp.criterion.eval()
+    doc = None
+    if run_dir is not None and (run_dir / results.FILENAME).is_file():
+        doc = results.read(run_dir)
+    return LoadedRun(cfg, exp, path, run_dir, doc, payload.get("epoch"))
+
+
 def fit(config: Config, out_dir: str | Path | None = None, resume: bool = False,
         progress: bool = True) -> Run:
     """Train ``config`` and return the :class:`Run`; with ``out_dir``, write checkpoints
@@ -102,12 +272,13 @@ def fit(config: Config, out_dir: str | Path | None = None, resume: bool = False,
     _check_distributed(cfg, ctx)
     runtime.seed_everything(cfg.train.seed)
     device = distributed.device_for(ctx, runtime.choose_device(cfg.train.device))
+    exp = build_experiment(cfg, device, ctx=ctx)
+    model, criterion, optimizer, scheduler = exp.model, exp.criterion, exp.optimizer, exp.scheduler
     protocol = cfg.train.protocol
     # mtan / paper: the whole training pool trains and the test split is watched every epoch
-    data_cfg = cfg.data if protocol == "xtc" else dataclasses.replace(cfg.data, val_fraction=0.0)
-    train_set, test_set = (build_dataset_from_config(data_cfg, s) for s in ("train", "test"))
-    watch_split = "val" if protocol == "xtc" else "test"
-    watch_set = build_dataset_from_config(data_cfg, "val") if protocol == "xtc" else test_set
+    train_set, test_set = exp.dataset("train"), exp.dataset("test")
+    watch_split = exp.watch_split
+    watch_set = exp.dataset(watch_split)
     if len(train_set) < cfg.train.batch_size:
         raise ValueError(f"the train split has {len(train_set)} images, fewer than "
                          f"train.batch_size={cfg.train.batch_size}: no full batch to train on; "
@@ -115,17 +286,9 @@ def fit(config: Config, out_dir: str | Path | None = None, resume: bool = False,
     train_data, watch_data, test_data = (
         (ResidentSplit(d, device) for d in (train_set, watch_set, test_set))
         if cfg.data.resident else (train_set, watch_set, test_set))
-    model = place_model(build_model_from_config(cfg, num_classes=train_set.num_classes), cfg,
-                        device)
-    if ctx.active and cfg.train.sync_batchnorm:
-        model = distributed.convert_sync_batchnorm(model)
     net = model if not ctx.active else torch.nn.parallel.DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None)
-    criterion = build_criterion(cfg, model).to(device)
-    optimizer = build_optimizer(cfg, list(model.parameters()) + list(criterion.parameters()))
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, cfg.optim.step_size, cfg.optim.gamma)
-    state = {"epoch": 0, "step": 0, "partial": {}, "history": [], "best_epoch": -1,
-             "best_score": None}
+    state = TrainingState()
     _check_out_dir(out_dir, resume, cfg, ctx)
     _check_eval_fits(model, (watch_set, test_set), device, cfg)
     if resume:
@@ -144,8 +307,8 @@ def fit(config: Config, out_dir: str | Path | None = None, resume: bool = False,
             checkpoint.save(payload, out_dir / "checkpoints" / name)
 
     with _StopOnSignal() as stop:
-        for epoch in range(state["epoch"], cfg.train.epochs):
-            state["epoch"] = epoch
+        for epoch in range(state.epoch, cfg.train.epochs):
+            state.epoch = epoch
             runtime.seed_everything(runtime.derive_seed(cfg.train.seed, epoch))
             train_data.set_epoch(epoch)
             lr = optimizer.param_groups[0]["lr"]  # the rate this epoch trains with
@@ -165,35 +328,35 @@ def fit(config: Config, out_dir: str | Path | None = None, resume: bool = False,
                       **{f"{watch_split}_{k}": v for k, v in watched.items()
                          if not isinstance(v, list)},
                       "weights": criterion.weighting.weights()}
-            score = _selection_score(cfg, watched, state["history"], model.tasks)
+            score = _selection_score(cfg, watched, state.history, model.tasks)
             if score is not None:
                 record["selection_score"] = score
-            state["history"].append(record)
-            state.update(epoch=epoch + 1, step=0, partial={})
-            if protocol == "mtan" or _improves(score, state["best_score"], cfg):
-                state["best_score"], state["best_epoch"] = score, epoch
+            state.history.append(record)
+            state.epoch, state.step, state.partial = epoch + 1, 0, {}
+            if protocol == "mtan" or _improves(score, state.best_score, cfg):
+                state.best_score, state.best_epoch = score, epoch
                 save("best.pt")  # the reported weights: selected, or the latest (mtan)
             save("last.pt")
             if progress and ctx.is_main:
                 _print_epoch(record, watch_split)
 
     distributed.barrier(ctx)  # rank 0 has written best.pt
-    if out_dir is not None and state["best_epoch"] >= 0:
+    if out_dir is not None and state.best_epoch >= 0:
         model.load_state_dict(checkpoint.load(out_dir / "checkpoints" / "best.pt")["model"])
     elif best_in_memory is not None:
         model.load_state_dict(best_in_memory)
-    best = state["history"][state["best_epoch"]] if state["best_epoch"] >= 0 else {}
-    reported = [state["best_epoch"]] if state["best_epoch"] >= 0 else []
+    best = state.history[state.best_epoch] if state.best_epoch >= 0 else {}
+    reported = [state.best_epoch] if state.best_epoch >= 0 else []
     if protocol == "xtc":  # the held-out split, evaluated once, with the selected weights
         test_metrics = evaluate(model, _loader(test_data, cfg, ctx=ctx), criterion, device,
                                 cfg.train.precision, progress=progress and ctx.is_main,
                                 ctx=ctx, desc="test")
     elif protocol == "mtan":
-        test_metrics, reported = selection.mtan_report(state["history"])
+        test_metrics, reported = selection.mtan_report(state.history)
     else:  # paper: the selected epoch's test metrics, measured when it was selected
         test_metrics = {k[5:]: v for k, v in best.items() if k.startswith("test_")}
-    run = Run(config=cfg, model=model, out_dir=out_dir, history=state["history"],
-              best_epoch=state["best_epoch"],
+    run = Run(config=cfg, model=model, out_dir=out_dir, history=state.history,
+              best_epoch=state.best_epoch,
               val_metrics={k[4:]: v for k, v in best.items() if k.startswith("val_")},
               test_metrics=test_metrics, reported_epochs=reported,
               wall_time_s=time.perf_counter() - start)
@@ -204,14 +367,15 @@ def fit(config: Config, out_dir: str | Path | None = None, resume: bool = False,
     return run
 
 
-def train_one_epoch(model, criterion, optimizer, dataset, device, cfg: Config, state: dict,
+def train_one_epoch(model, criterion, optimizer, dataset, device, cfg: Config,
+                    state: "TrainingState",
                     save=None, stop=None, progress: bool = True,
                     ctx: distributed.Context = distributed.Context(),
                     last_path: Path | None = None) -> dict[str, float]:
-    """Train on ``dataset`` for epoch ``state["epoch"]`` from step ``state["step"]``; returns
+    """Train on ``dataset`` for epoch ``state.epoch`` from step ``state.step``; returns
     the mean of every loss term (and gradient cosines when logged).
 
-    ``state["step"]`` and ``state["partial"]`` (running sums) advance as steps complete, so a
+    ``state.step`` and ``state.partial`` (running sums) advance as steps complete, so a
     checkpoint taken mid-epoch resumes exactly. ``save()`` is called every
     ``train.checkpoint_every`` steps and when ``stop`` is set.
     """
@@ -219,9 +383,9 @@ def train_one_epoch(model, criterion, optimizer, dataset, device, cfg: Config, s
 
     model.train()
     criterion.train()
-    epoch, first = state["epoch"], state["step"]
-    sums = state["partial"].setdefault("sums", {})
-    cosines = state["partial"].setdefault("cosines", {})
+    epoch, first = state.epoch, state.step
+    sums = state.partial.setdefault("sums", {})
+    cosines = state.partial.setdefault("cosines", {})
     raw = getattr(model, "module", model)  # the network inside DistributedDataParallel
     every = cfg.train.grad_cosine_every if raw.transfer is not None else 0
     loader = _loader(dataset, cfg, shuffle=True, epoch=epoch, start_step=first, ctx=ctx)
@@ -248,7 +412,7 @@ def train_one_epoch(model, criterion, optimizer, dataset, device, cfg: Config, s
                 for name, buffer in raw.named_buffers():
                     buffer.copy_(buffers[name])
             sums["skipped_fraction"] = sums.get("skipped_fraction", 0.0) + 1  # mean -> fraction
-            state["step"] = step + 1
+            state.step = step + 1
             # one skipped step per epoch is always allowed: a lone bad batch in a short epoch
             if sums["skipped_fraction"] > max(1, int(cfg.train.max_skipped_fraction * steps)):
                 raise TrainingError(
@@ -262,18 +426,19 @@ def train_one_epoch(model, criterion, optimizer, dataset, device, cfg: Config, s
                                 f"term(s) {bad}; lower optim.lr, check the data for NaN/inf, "
                                 f"or set train.nonfinite=skip{kept}")
         if every and step % every == 0:
-            for name, value in gradient_cosines(terms, raw.encoder.parameters()).items():
+            for name, value in gradient_cosines(terms, raw.encoder.parameters(),
+                                                raw.tasks).items():
                 cosines.setdefault(name, []).append(value)
         optimizer_step(terms, optimizer, criterion, ctx)
         for name, value in values.items():
             sums[name] = sums.get(name, 0.0) + value
-        state["step"] = step + 1
+        state.step = step + 1
         bar.set_postfix(loss=f"{values['total']:.4f}")
         if save is not None and ((stop is not None and stop.requested) or (
-                cfg.train.checkpoint_every and state["step"] % cfg.train.checkpoint_every == 0)):
+                cfg.train.checkpoint_every and state.step % cfg.train.checkpoint_every == 0)):
             save()
         if stop is not None and stop.requested:
-            raise TrainingInterrupted(epoch, state["step"], stop.signal_name, save is not None)
+            raise TrainingInterrupted(epoch, state.step, stop.signal_name, save is not None)
     applied = max(steps - sums.get("skipped_fraction", 0.0), 1)  # loss means: applied steps
     means = {name: total / (max(steps, 1) if name == "skipped_fraction" else applied)
              for name, total in sums.items()}
@@ -340,10 +505,11 @@ def optimizer_step(terms: dict, optimizer, criterion,
     criterion.after_step()
 
 
-def gradient_cosines(terms: dict, parameters) -> dict[str, float]:
-    """Cosine between each direct loss's gradient and its cross-task term's gradient on
-    ``parameters`` (the shared encoder): ``grad_cos_seg`` = cos(dL_seg, dL_seg2depth) and
-    ``grad_cos_depth`` = cos(dL_depth, dL_depth2seg). Positive means the cross-task term
+def gradient_cosines(terms: dict, parameters, tasks=("seg", "depth")) -> dict[str, float]:
+    """Cosine between each task's direct-loss gradient and the gradient of its outgoing
+    cross-task terms on ``parameters`` (the shared encoder): ``grad_cos_<a>`` =
+    cos(dL_a, d mean_b L_a2b), so two tasks give ``grad_cos_seg`` = cos(dL_seg, dL_seg2depth)
+    and ``grad_cos_depth`` = cos(dL_depth, dL_depth2seg). Positive means the cross-task term
     pushes the shared features the same way as the direct loss (paper-spec §4.3)."""
     params = [p for p in parameters if p.requires_grad]
 
@@ -353,10 +519,22 @@ def gradient_cosines(terms: dict, parameters) -> dict[str, float]:
                           for g, p in zip(grads, params)])
 
     out = {}
-    for direct, cross in (("seg", "seg2depth"), ("depth", "depth2seg")):
-        a, b = flat_grad(terms[direct]), flat_grad(terms[cross])
-        out[f"grad_cos_{direct}"] = float(torch.nn.functional.cosine_similarity(a, b, dim=0))
+    for task in tasks:
+        edges = [k for k in terms if _is_edge(k) and split_edge(k)[0] == task]
+        if not edges:
+            continue
+        cross = terms[edges[0]] if len(edges) == 1 else torch.stack([terms[e] for e in edges]).mean()
+        a, b = flat_grad(terms[task]), flat_grad(cross)
+        out[f"grad_cos_{task}"] = float(torch.nn.functional.cosine_similarity(a, b, dim=0))
     return out
+
+
+def _is_edge(name: str) -> bool:
+    try:
+        source, target = split_edge(name)
+    except ValueError:
+        return False
+    return source in TASKS and target in TASKS
 
 
 @torch.no_grad()
@@ -377,9 +555,10 @@ def evaluate(model, loader, criterion=None, device: torch.device | None = None,
     model.eval()
     if criterion is not None:
         criterion.eval()
-    seg = SegmentationMeter(model.num_classes) if "seg" in model.tasks else None
-    depth = DepthMeter() if "depth" in model.tasks else None
-    consistency = ConsistencyMeter(model.num_classes) if model.method == "xtc" else None
+    specs = {t: TASKS.get(t)(model.num_classes) for t in model.tasks}
+    meters = {t: spec.meter() for t, spec in specs.items()}
+    edges = [name for name, _, _ in getattr(model, "edges", [])]
+    consistency = ConsistencyMeter(model.num_classes, edges) if edges else None
     loss_sums: dict[str, float] = {}
     batches = 0
     for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
@@ -387,19 +566,16 @@ def evaluate(model, loader, criterion=None, device: torch.device | None = None,
         with runtime.autocast(device, precision):
             predictions = model(batch["image"])
         predictions = {k: v.float() for k, v in predictions.items()}
-        if seg is not None:
-            seg.update(predictions["seg"], batch["seg_target"])
-        if depth is not None:
-            depth.update(predictions["depth"], batch["depth_target"], batch["depth_mask"])
+        for task, spec in specs.items():
+            spec.measure(meters[task], predictions[task], batch)
         if consistency is not None:
-            consistency.update(predictions, depth_mask=batch["depth_mask"],
-                               seg_valid=batch["seg_target"] >= 0)
+            consistency.update(predictions, batch)
         if criterion is not None:
             for name, value in _host_values(criterion(predictions, batch)).items():
                 loss_sums[name] = loss_sums.get(name, 0.0) + value
         batches += 1
     metrics: dict[str, Any] = {}
-    for meter in (seg, depth, consistency):
+    for meter in [*meters.values(), consistency]:
         if meter is not None:
             if ctx.active:  # each rank evaluated a shard: sum the meters' states
                 meter.load_state({k: distributed.all_reduce_sum(ctx, v.clone())
@@ -601,13 +777,12 @@ def finish_checkpoints(out_dir: Path, keep: str) -> None:
                     last)
 
 
-def _payload(cfg, model, criterion, optimizer, scheduler, state) -> dict:
+def _payload(cfg, model, criterion, optimizer, scheduler, state: "TrainingState") -> dict:
     """Everything a resume needs; ``epoch``/``step`` say where training continues."""
     return {"model": model.state_dict(), "criterion": criterion.state_dict(),
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "config": cfg.to_dict(), "num_classes": model.num_classes, "method": model.method,
-            **{k: state[k] for k in ("epoch", "step", "partial", "history", "best_epoch",
-                                     "best_score")}}
+            **state.to_payload()}
 
 
 def _restore(out_dir, cfg, model, criterion, optimizer, scheduler) -> dict:
@@ -640,6 +815,5 @@ def _restore(out_dir, cfg, model, criterion, optimizer, scheduler) -> dict:
     criterion.load_state_dict(payload["criterion"])
     optimizer.load_state_dict(payload["optimizer"])
     scheduler.load_state_dict(payload["scheduler"])
-    return {k: payload[k] for k in ("epoch", "step", "partial", "history", "best_epoch",
-                                     "best_score")}
+    return TrainingState.from_payload(payload)
 

@@ -20,7 +20,7 @@ Examples:
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 from xtc.data.cityscapes import Cityscapes
 from xtc.data.errors import DatasetError
@@ -29,7 +29,7 @@ from xtc.data.synthetic import SyntheticCity, render_scene
 from xtc.registry import Registry
 
 __all__ = ["DATASETS", "DatasetError", "build_dataset", "build_dataset_from_config",
-           "list_datasets", "SyntheticCity", "Cityscapes", "NYUv2", "render_scene"]
+           "list_datasets", "num_classes", "SyntheticCity", "Cityscapes", "NYUv2", "render_scene"]
 
 DATASETS = Registry("dataset")
 DATASETS.register("synthetic-city")(SyntheticCity)
@@ -61,9 +61,21 @@ def build_dataset(name: str, split: str, root: Optional[str] = None, **options: 
     return builder(split, root, **options)
 
 
-def build_dataset_from_config(data_cfg, split: str):
-    """Build from an ``xtc.config.DataConfig``, passing only the options ``data_cfg.name`` uses."""
+def build_dataset_from_config(data_cfg, split: str, tasks: Optional[Iterable[str]] = None):
+    """Build from an ``xtc.config.DataConfig``, passing only the options ``data_cfg.name``
+    uses. With ``tasks``, items hold only the batch keys those tasks need (``Task.batch_keys``)."""
     name = data_cfg.name
     DATASETS.get(name)  # unknown names fail here, listing the valid ones
     options = {key: getattr(data_cfg, key) for key in _OPTIONS[name]}
-    return build_dataset(name, split, data_cfg.root, **options)
+    dataset = build_dataset(name, split, data_cfg.root, **options)
+    if tasks is not None:
+        from xtc.tasks import TASKS
+
+        dataset.keep({k for t in tasks for k in TASKS.get(t).batch_keys})
+    return dataset
+
+
+def num_classes(data_cfg) -> int:
+    """The segmentation classes of ``data_cfg``'s dataset, without reading any data."""
+    cls = DATASETS.get(data_cfg.name)
+    return data_cfg.classes if data_cfg.name == "cityscapes" else cls.num_classes

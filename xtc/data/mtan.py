@@ -69,6 +69,25 @@ class SplitDataset(torch.utils.data.Dataset):
     """
 
     epoch = 0
+    keys: Optional[frozenset] = None  # batch keys to yield (None: all); see keep()
+    batch_keys: tuple[str, ...] = ()  # every key an item can hold
+
+    def provides(self) -> tuple[str, ...]:
+        """The batch keys this split's items hold."""
+        return self.batch_keys
+
+    def keep(self, keys) -> "SplitDataset":
+        """Yield only ``keys`` (plus ``image``): a two-task run does not load, augment and
+        batch normals it never uses. Raises DatasetError naming a key the data lack."""
+        keys = frozenset(keys) | {"image"}
+        missing = sorted(keys - set(self.provides()))
+        if missing:
+            raise DatasetError(f"{self.name}: the {self.split} split has no {missing} (it "
+                               f"holds {sorted(self.provides())}); drop the task that needs "
+                               f"them from model.tasks, or add the data (e.g. a normal/ folder "
+                               f"for NYUv2's normals)")
+        self.keys = keys
+        return self
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -81,6 +100,8 @@ class SplitDataset(torch.utils.data.Dataset):
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} items")
         item = self.read(int(self.indices[index]))
+        if self.keys is not None:
+            item = {k: v for k, v in item.items() if k in self.keys}
         if self.augment:
             item = augment_item(item, self.split_seed, self.epoch, index, self.depth_units)
         return item
@@ -104,6 +125,7 @@ class MTANDataset(SplitDataset):
     depth_units = "inverse depth"
     depth_range = (0.0, 1.0)  # nominal range of the depth unit (SSIM's max_val)
     ignore_index = IGNORE_INDEX
+    batch_keys = ("image", "seg_target", "depth_target", "depth_mask")  # + normals if present
 
     def __init__(self, split: str, root: Union[str, Path, None] = None, *,
                  val_fraction: float = 0.1, augment: Optional[bool] = None, seed: int = 0,
@@ -222,10 +244,27 @@ class MTANDataset(SplitDataset):
                     image.transpose(2, 0, 1), dtype=np.float32)),
                 "seg_target": seg, "depth_target": depth_t, "depth_mask": depth_t > 0}
         if "normal" in self.folders:
-            normal, _ = self._load("normal", i)
-            item["normal_target"] = torch.from_numpy(np.ascontiguousarray(
-                normal.transpose(2, 0, 1), dtype=np.float32))
+            item.update(self._normals(i, (h, w)))
         return item
+
+    def provides(self) -> tuple[str, ...]:
+        normals = ("normal_target", "normal_mask")
+        return tuple(k for k in self.batch_keys if k not in normals or "normal" in self.folders)
+
+    def _normals(self, i: int, size: tuple) -> dict:
+        """``normal/{i}.npy`` (H,W,3) in [-1, 1]: zero vectors (and NaN) are invalid, valid
+        ones are renormalised to unit length (the files' float rounding)."""
+        normal, path = self._load("normal", i)
+        if normal.shape != (*size, 3):
+            raise DatasetError(f"{path}: normals must be (H,W,3) = {(*size, 3)}; got "
+                               f"{normal.shape}")
+        n = torch.from_numpy(np.ascontiguousarray(normal.transpose(2, 0, 1), dtype=np.float32))
+        finite = torch.isfinite(n).all(0, keepdim=True)
+        n = torch.where(finite, n, 0.0)
+        length = torch.linalg.vector_norm(n, dim=0, keepdim=True)
+        mask = finite & (length > 1e-3)
+        return {"normal_target": torch.where(mask, n / length.clamp_min(1e-12), 0.0),
+                "normal_mask": mask}
 
     def _labels(self, label: np.ndarray, path: Path) -> torch.Tensor:
         ignore = (label == -1) | (label == RAW_IGNORE)

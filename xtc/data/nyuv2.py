@@ -2,7 +2,9 @@
 
 Depth is in metres with 0 = invalid; the depth mask is ``depth > 0`` in training too (the
 authors' NYU loss was unmasked, paper-spec §11 item 8). Surface normals are read from
-``normal/`` when it exists and yielded as ``normal_target (3,H,W)``.
+``normal/`` when it exists and yielded as ``normal_target (3,H,W)`` (unit vectors) and
+``normal_mask (1,H,W)`` (zero vectors in the files are invalid); the convention is the
+files' own (x is the horizontal image axis, which the flip augmentation relies on).
 """
 
 from __future__ import annotations
@@ -22,3 +24,5 @@ class NYUv2(MTANDataset):
     class_names = CLASSES_13
     depth_units = "metres"
     depth_range = (0.0, 10.0)  # metres: the Kinect's range in the labelled release
+    batch_keys = ("image", "seg_target", "depth_target", "depth_mask", "normal_target",
+                  "normal_mask")  # normals when the root has normal/ folders

@@ -14,7 +14,8 @@ through the same crop (authors' defect §11 item 9) and stays ``depth_target > 0
 
 Batches are dicts: ``image (B,3,H,W)`` float, ``seg_target (B,H,W)`` long (-1 ignore),
 ``depth_target (B,1,H,W)`` float, ``depth_mask (B,1,H,W)`` bool, optional
-``normal_target (B,3,H,W)``. Parameters are drawn from a ``torch.Generator`` on the CPU, so
+``normal_target (B,3,H,W)`` and ``normal_mask (B,1,H,W)``; what happens to each key is its
+task's rule (``xtc.tasks.Task.augment``: labels, depth, vectors, mask). Parameters are drawn from a ``torch.Generator`` on the CPU, so
 the same generator state gives the same result on CPU and GPU and in any worker.
 
 Examples:
@@ -101,27 +102,42 @@ def apply_params(batch: dict, params: AugmentParams, depth_units: str) -> dict:
             x = crop_and_resize(x, boxes.to(x.dtype), (h, w), mode=mode, align_corners=True)
         return torch.where(flip, x.flip(-1), x)
 
-    # one bilinear warp for the image, one nearest warp for every other map stacked on C
-    has_mask, has_normal = "depth_mask" in batch, "normal_target" in batch
-    maps = [batch["seg_target"][:, None].to(image.dtype if image.is_floating_point()
-                                            else torch.float32), batch["depth_target"]]
-    maps += [batch["depth_mask"].to(maps[0].dtype)] if has_mask else []
-    maps += [batch["normal_target"].to(maps[0].dtype)] if has_normal else []
-    nearest = warp(torch.cat([m.to(maps[0].dtype) for m in maps], dim=1), "nearest")
+    # one bilinear warp for the image, one nearest warp for every other map stacked on C;
+    # each map's rule comes from the task that owns its key (Task.augment)
+    rules = augment_rules()
+    keys = [k for k in batch if rules.get(k, "derived") != "derived"]
+    dtype = image.dtype if image.is_floating_point() else torch.float32
+    maps = [batch[k][:, None] if batch[k].ndim == 3 else batch[k] for k in keys]
+    warped = warp(torch.cat([m.to(dtype) for m in maps], dim=1), "nearest") if maps else None
     out = dict(batch)
     out["image"] = warp(image, "bilinear").to(image.dtype)
-    out["seg_target"] = nearest[:, 0].round().to(batch["seg_target"].dtype)
-    depth = nearest[:, 1:2].to(batch["depth_target"].dtype)
-    scale = params.scale.to(device=device, dtype=depth.dtype).view(b, 1, 1, 1)
-    depth = depth * scale if depth_units == "inverse depth" else depth / scale
-    out["depth_target"] = depth
-    mask = nearest[:, 2:3] > 0.5 if has_mask else depth > 0
-    out["depth_mask"] = mask & (depth > 0)
-    if has_normal:
-        normal = nearest[:, 2 + has_mask:5 + has_mask].to(batch["normal_target"].dtype)
-        sign = torch.where(flip, -1.0, 1.0).to(normal.dtype)
-        out["normal_target"] = torch.cat([normal[:, :1] * sign, normal[:, 1:]], dim=1)
+    start = 0
+    for key, source in zip(keys, maps):
+        value = warped[:, start:start + source.shape[1]]
+        start += source.shape[1]
+        rule, kind = rules[key], batch[key].dtype
+        if rule == "labels":
+            value = value.round().to(kind).reshape(batch[key].shape)
+        elif rule == "mask":
+            value = value > 0.5
+        elif rule == "depth":
+            scale = params.scale.to(device=device, dtype=value.dtype).view(b, 1, 1, 1)
+            value = (value * scale if depth_units == "inverse depth" else value / scale).to(kind)
+        elif rule == "vectors":  # a flip mirrors the x component
+            sign = torch.where(flip, -1.0, 1.0).to(value.dtype)
+            value = torch.cat([value[:, :1] * sign, value[:, 1:]], dim=1).to(kind)
+        out[key] = value
+    if "depth_target" in out:  # the depth mask stays depth_target > 0 after the warp
+        positive = out["depth_target"] > 0
+        out["depth_mask"] = out["depth_mask"] & positive if "depth_mask" in keys else positive
     return out
+
+
+def augment_rules() -> dict[str, str]:
+    """batch key -> augmentation rule, from every registered task (``Task.augment``)."""
+    from xtc.tasks import TASKS
+
+    return {key: rule for name in TASKS.in_order() for key, rule in TASKS.get(name).augment.items()}
 
 
 def augment_batch(batch: dict, generator: torch.Generator, depth_units: str,

@@ -1,16 +1,18 @@
 """Losses: direct, cross-task (consistency / alignment), weighting, and ``build_criterion``.
 
-The criterion computes the terms ``seg``, ``depth``, ``seg2depth``, ``depth2seg`` (as the method
-has them), groups them per paper-spec §3.4 with each cross-task term beside the direct loss of
-the decoder it trains,
+The criterion computes a direct term per task (``seg``, ``depth``, ``normal``, as the method
+has them) and, for ``xtc``, a cross-task term per edge ``a2b`` of the transfer graph. It groups
+them per paper-spec §3.4, each cross-task term beside the direct loss of the decoder it
+trains (its *source* task a), generalised to any graph:
 
-    L_S = (1 - lambda1) L_seg + lambda1 L_seg2depth,   L_D = (1 - lambda2) L_depth + lambda2 L_depth2seg
+    L_a = (1 - lambda_a) L_a + lambda_a * mean_{b : a2b in the graph} L_a2b
 
-(``mtl``: L_S = L_seg, L_D = L_depth; STL: the one direct loss), and lets the weighting combine
-the groups into ``total``.
+so for the paper's two tasks L_S = (1 - lambda1) L_seg + lambda1 L_seg2depth and
+L_D = (1 - lambda2) L_depth + lambda2 L_depth2seg. A task without outgoing edges keeps
+L_a; ``mtl`` and STL have no edges. The weighting combines the groups into ``total``.
 
 Examples:
-    >>> import xtc.config, xtc.models
+    >>> import xtc.config
     >>> cfg = xtc.config.load(None, ["model.method=mtl", "loss.weighting=fixed"])
     >>> criterion = build_criterion(cfg)
     >>> sorted(criterion.weighting.names)
@@ -19,68 +21,62 @@ Examples:
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 from torch import nn
 
 from xtc.losses.cross_task import (CrossTaskLoss, alignment_loss, consistency_loss,
-                                   cross_task_loss, depth2seg_loss, pseudo_targets,
+                                   cross_task_loss, depth2seg_loss, edge_terms, pseudo_targets,
                                    seg2depth_loss, ssim_dissimilarity)
-from xtc.losses.direct import DepthLoss, SegLoss, depth_loss, seg_loss
+from xtc.losses.direct import DepthLoss, NormalLoss, SegLoss, depth_loss, normal_loss, seg_loss
 from xtc.losses.weighting import WEIGHTINGS, Weighting, build_weighting
+from xtc.tasks import METHODS, TASKS, Task, lambdas_of, split_edge, transfers_of
 
-__all__ = ["Criterion", "CrossTaskLoss", "DepthLoss", "SegLoss", "WEIGHTINGS", "Weighting",
-           "alignment_loss", "build_criterion", "build_weighting", "consistency_loss",
-           "cross_task_loss", "depth2seg_loss", "depth_loss", "pseudo_targets",
-           "seg2depth_loss", "seg_loss", "ssim_dissimilarity", "ssim_max_val"]
-
-_TASKS = {"stl-seg": ("seg",), "stl-depth": ("depth",), "mtl": ("seg", "depth"),
-          "xtc": ("seg", "depth")}
+__all__ = ["Criterion", "CrossTaskLoss", "DepthLoss", "NormalLoss", "SegLoss", "WEIGHTINGS",
+           "Weighting", "alignment_loss", "build_criterion", "build_weighting",
+           "consistency_loss", "cross_task_loss", "depth2seg_loss", "depth_loss", "edge_terms",
+           "normal_loss", "pseudo_targets", "seg2depth_loss", "seg_loss", "ssim_dissimilarity",
+           "ssim_max_val", "task_instances"]
 
 
 class Criterion(nn.Module):
     """``criterion(predictions, batch) -> {term: scalar, ..., "total": scalar}``.
 
     Args:
-        method: ``stl-seg | stl-depth | mtl | xtc``.
-        weighting: a :class:`Weighting` over the groups ``seg`` (L_S) and/or ``depth`` (L_D).
-        lambda1, lambda2: cross-task weights inside the groups (paper: 0.01 Cityscapes).
-        depth_kind: direct depth loss (``l1`` default).
-        cross_task: a :class:`CrossTaskLoss` (xtc only).
+        tasks: the configured :class:`Task` of every task with a decoder, in order.
+        weighting: a :class:`Weighting` over the task groups (one per task).
+        lambdas: task -> lambda_a, the cross-task share of its group (module docstring).
+        cross_task: a :class:`CrossTaskLoss` over the graph's edges (``xtc`` only).
 
-    For ``xtc`` predictions without the transferred outputs (``model(x, direct_only=True)``)
-    the cross-task terms are left out and L_S = L_seg, L_D = L_depth, as for ``mtl``.
+    Predictions without the transferred outputs (``model(x, direct_only=True)``) leave the
+    cross-task terms out: L_a = its direct loss, as for ``mtl``.
     """
 
-    def __init__(self, method: str, weighting: Weighting, lambda1: float = 0.01,
-                 lambda2: float = 0.01, depth_kind: str = "l1",
+    def __init__(self, tasks: dict[str, Task], weighting: Weighting,
+                 lambdas: Optional[dict[str, float]] = None,
                  cross_task: Optional[CrossTaskLoss] = None):
         super().__init__()
-        if method not in _TASKS:
-            raise ValueError(f"unknown method '{method}'; choose one of {sorted(_TASKS)}")
-        self.method = method
-        self.tasks = _TASKS[method]
-        self.lambda1, self.lambda2 = lambda1, lambda2
+        self.task_specs = dict(tasks)
+        self.tasks = tuple(tasks)
+        self.lambdas = {t: float((lambdas or {}).get(t, 0.0)) for t in self.tasks}
         self.weighting = weighting
-        self.seg = SegLoss()
-        self.depth = DepthLoss(depth_kind)
         self.cross_task = cross_task
+        self.edges = list(cross_task.edges) if cross_task is not None else []
+        self.outgoing = {t: [e for e in self.edges if split_edge(e)[0] == t] for t in self.tasks}
 
     def forward(self, predictions: dict[str, torch.Tensor],
                 batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        terms: dict[str, torch.Tensor] = {}
-        if "seg" in self.tasks:
-            terms["seg"] = self.seg(predictions["seg"], batch["seg_target"])
-        if "depth" in self.tasks:
-            terms["depth"] = self.depth(predictions["depth"], batch["depth_target"],
-                                        batch.get("depth_mask"))
+        terms = {t: task.loss(predictions[t], batch) for t, task in self.task_specs.items()}
         groups = dict(terms)
-        if self.cross_task is not None and "seg2depth" in predictions:
+        if self.cross_task is not None and self.edges and self.edges[0] in predictions:
             terms.update(self.cross_task(predictions, batch))
-            groups["seg"] = (1 - self.lambda1) * terms["seg"] + self.lambda1 * terms["seg2depth"]
-            groups["depth"] = ((1 - self.lambda2) * terms["depth"]
-                               + self.lambda2 * terms["depth2seg"])
+            for t, out in self.outgoing.items():
+                if not out:
+                    continue
+                cross = terms[out[0]] if len(out) == 1 else torch.stack(
+                    [terms[e] for e in out]).mean()
+                groups[t] = (1 - self.lambdas[t]) * terms[t] + self.lambdas[t] * cross
         terms["total"] = self.weighting(groups)
         return terms
 
@@ -94,18 +90,29 @@ class Criterion(nn.Module):
         self.weighting.end_epoch(reduce)
 
 
-def build_criterion(config: Any, model: Optional[nn.Module] = None) -> Criterion:
-    """Build the criterion from a full :class:`xtc.config.Config` (``model.method``, ``loss.*``).
+def task_instances(config: Any, num_classes: int, names: Optional[Sequence[str]] = None
+                   ) -> dict[str, Task]:
+    """The configured :class:`Task` of every task of ``config``'s method (or ``names``)."""
+    names = names if names is not None else METHODS.get(config.model.method).tasks_for(
+        config.model.tasks)
+    return {t: TASKS.get(t).from_config(config, num_classes, ssim_max_val=ssim_max_val(config))
+            for t in names}
 
-    ``model`` is needed for ``loss.weighting=gradnorm`` (its ``last_shared_layer()``).
-    Single-task methods use ``loss.single_task_weighting`` (default ``fixed``: one loss needs
-    no balancing, and the authors' STL runs had none; uncertainty weighting would rescale it).
+
+def build_criterion(config: Any, model: Optional[nn.Module] = None,
+                    num_classes: Optional[int] = None) -> Criterion:
+    """Build the criterion from a full :class:`xtc.config.Config`.
+
+    ``model`` is needed for ``loss.weighting=gradnorm`` (its ``last_shared_layer()``) and
+    gives the number of classes (else ``num_classes``, else the dataset's). Single-task
+    methods use ``loss.single_task_weighting`` (default ``fixed``: one loss needs no
+    balancing, and the authors' STL runs had none; uncertainty weighting would rescale it).
     """
-    method, loss = config.model.method, config.loss
-    weighting_name = loss.single_task_weighting if len(_TASKS.get(method, ())) == 1 \
-        else loss.weighting
-    if method not in _TASKS:
-        raise ValueError(f"unknown method '{method}'; choose one of {sorted(_TASKS)}")
+    method, loss = METHODS.get(config.model.method), config.loss
+    if num_classes is None:
+        num_classes = getattr(model, "num_classes", None) or _dataset_classes(config)
+    tasks = task_instances(config, num_classes)
+    weighting_name = loss.single_task_weighting if method.single_task else loss.weighting
     shared = None
     if weighting_name == "gradnorm":
         if model is None:
@@ -113,15 +120,16 @@ def build_criterion(config: Any, model: Optional[nn.Module] = None) -> Criterion
                              "build_criterion(config, model) so GradNorm can use "
                              "model.last_shared_layer()")
         shared = model.last_shared_layer()
-    weighting = build_weighting(weighting_name, _TASKS[method],
+    weighting = build_weighting(weighting_name, tuple(tasks),
                                 uncertainty_form=loss.uncertainty_form,
                                 gradnorm_alpha=loss.gradnorm_alpha,
                                 dwa_temperature=loss.dwa_temperature, shared_parameter=shared)
     cross = None
-    if method == "xtc":
+    if method.transfers:
         cross = CrossTaskLoss(loss.cross_task, loss.seg2depth_loss, loss.depth2seg_loss,
-                              loss.label_smoothing, ssim_max_val(config))
-    return Criterion(method, weighting, loss.lambda1, loss.lambda2, loss.depth_loss, cross)
+                              loss.label_smoothing, ssim_max_val(config),
+                              edges=transfers_of(config), tasks=tasks)
+    return Criterion(tasks, weighting, lambdas_of(config), cross)
 
 
 def ssim_max_val(config: Any) -> float:
@@ -134,3 +142,9 @@ def ssim_max_val(config: Any) -> float:
     from xtc.data import DATASETS
 
     return float(DATASETS.get(config.data.name).depth_range[1])
+
+
+def _dataset_classes(config: Any) -> int:
+    from xtc.data import num_classes
+
+    return num_classes(config.data)

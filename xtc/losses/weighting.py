@@ -21,6 +21,7 @@ from torch import nn
 from xtc.registry import Registry
 
 WEIGHTINGS = Registry("weighting")
+UNCERTAINTY_FORMS = ("kendall", "authors")  # loss.uncertainty_form
 
 
 class Weighting(nn.Module):
@@ -81,7 +82,7 @@ class UncertaintyWeighting(Weighting):
 
     def __init__(self, names: Sequence[str], form: str = "kendall"):
         super().__init__(names)
-        if form not in ("kendall", "authors"):
+        if form not in UNCERTAINTY_FORMS:
             raise ValueError(f"unknown uncertainty form '{form}'; choose kendall or authors")
         self.form = form
         self.log_vars = nn.Parameter(torch.zeros(len(self.names)))

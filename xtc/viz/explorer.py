@@ -25,18 +25,15 @@ from __future__ import annotations
 import dataclasses
 import html
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
 
-from xtc import checkpoint
-from xtc.config import Config, from_dict
-from xtc.data import build_dataset_from_config
+from xtc import checkpoint, train
+from xtc.config import from_dict
 from xtc.metrics import consistency_energy_maps
-from xtc.models import build_model_from_config
 from xtc.viz.alignment_plots import ENERGY_CMAP, ERROR_CMAP
 from xtc.viz.plots import figure, colorize_seg, seg_palette
 
@@ -120,38 +117,23 @@ def _label(method, cross_task, seed) -> str:
     return text + ("" if seed is None else f", seed {seed}")
 
 
-@dataclass
-class LoadedRun:
-    """A trained run ready to explore; datasets are built on first use per split."""
-
-    run_dir: Path
-    model: torch.nn.Module = field(repr=False)
-    config: Config = field(repr=False)
-    num_classes: int
-    checkpoint: Path
-    _datasets: dict = field(default_factory=dict, repr=False)
-
-    @property
-    def name(self) -> str:
-        return self.run_dir.name
-
-    @property
-    def method(self) -> str:
-        return self.model.method
+class LoadedRun(train.LoadedRun):
+    """A trained run ready to explore (:func:`xtc.train.load_run`, on the CPU), with the
+    label the pickers show; datasets are built on first use per split, never augmented."""
 
     @property
     def label(self) -> str:
         """Method, cross-task term and seed, e.g. ``"xtc consistency, seed 0"``."""
         return _label(self.method, self.config.loss.cross_task, self.config.train.seed)
 
+    @property
+    def checkpoint(self) -> Path:
+        return self.checkpoint_path
+
     def dataset(self, split: str):
-        """The ``split`` dataset of this run's config, never augmented."""
         if split not in SPLITS:
             raise ValueError(f"split {split!r} is not valid; choose one of {list(SPLITS)}")
-        if split not in self._datasets:
-            data_cfg = dataclasses.replace(self.config.data, augment=False)
-            self._datasets[split] = build_dataset_from_config(data_cfg, split)
-        return self._datasets[split]
+        return super().dataset(split)
 
 
 def load_run(run_dir: str | Path, which: str = "best") -> LoadedRun:
@@ -162,13 +144,8 @@ def load_run(run_dir: str | Path, which: str = "best") -> LoadedRun:
     """
     run_dir = resolve_run(run_dir)
     path = _checkpoint_path(run_dir, which)
-    payload = checkpoint.load(path)
-    cfg = from_dict(payload["config"])
-    cfg.train.device = "cpu"
-    model = build_model_from_config(cfg, num_classes=payload["num_classes"])
-    model.load_state_dict(payload["model"])
-    return LoadedRun(run_dir=run_dir, model=model.eval(), config=cfg,
-                     num_classes=payload["num_classes"], checkpoint=path)
+    loaded = train.load_run(path, device="cpu", overrides=["train.device=cpu"])
+    return LoadedRun(**{f.name: getattr(loaded, f.name) for f in dataclasses.fields(loaded)})
 
 
 def _checkpoint_path(run_dir: Path, which: str) -> Path:
