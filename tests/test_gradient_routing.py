@@ -82,3 +82,66 @@ def test_every_parameter_gets_a_gradient(model: nn.Module, weighting: str) -> No
     assert not missing, f"parameters without gradient: {missing[:5]}"
     for name, p in criterion.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
+
+
+# ----------------------------------------------------------------------- the three-task graph
+def _batch3(b: int = 2, h: int = 64, w: int = 64) -> dict:
+    batch = _batch(b, h, w)
+    g = torch.Generator().manual_seed(1)
+    normal = torch.nn.functional.normalize(torch.randn(b, 3, h, w, generator=g), dim=1)
+    mask = torch.rand(b, 1, h, w, generator=g) > 0.2
+    return {**batch, "normal_target": normal * mask, "normal_mask": mask}
+
+
+THREE = ("seg", "depth", "normal")
+EDGES3 = [f"{a}2{b}" for a in THREE for b in THREE if a != b]
+
+
+@pytest.fixture(scope="module")
+def model3() -> nn.Module:
+    torch.manual_seed(0)
+    return build_model("xtc", K, "resnet18", tasks=THREE, decoder_width=16, transfer_width=8)
+
+
+def test_three_tasks_build_all_six_transfer_nets(model3: nn.Module) -> None:
+    assert sorted(model3.transfer) == sorted(EDGES3)
+    out = model3(_batch3()["image"])
+    assert out["normal"].shape[1] == 3 and out["seg2normal"].shape[1] == 3
+    assert out["normal2seg"].shape[1] == K and out["normal2depth"].shape[1] == 1
+
+
+@pytest.mark.parametrize("mode", ["consistency", "alignment", "both"])
+@pytest.mark.parametrize("term", EDGES3)
+def test_every_edge_of_the_three_task_graph_routes(model3: nn.Module, mode: str,
+                                                    term: str) -> None:
+    """a2b reaches transfer a2b, decoder a and the encoder; never decoder b, the third
+    decoder or another transfer net."""
+    cfg = xtc.config.load(None, ["model.tasks=[seg,depth,normal]", f"loss.cross_task={mode}",
+                                 "loss.weighting=fixed"])
+    criterion = build_criterion(cfg, model3)
+    batch = _batch3()
+    model3.zero_grad(set_to_none=True)
+    terms = criterion(model3(batch["image"]), batch)
+    terms[term].backward()
+    source, target = term.split("2")
+    third = next(t for t in THREE if t not in (source, target))
+    for name in (f"transfer.{term}", f"decoders.{source}", "encoder"):
+        assert _grad_mass(model3.get_submodule(name)) > 0, f"{term} must reach {name}"
+    untouched = [f"decoders.{target}", f"decoders.{third}"] + [
+        f"transfer.{e}" for e in EDGES3 if e != term]
+    for name in untouched:
+        assert _grad_mass(model3.get_submodule(name)) == 0, f"{term} must not reach {name}"
+
+
+def test_group_is_the_mean_of_outgoing_edges(model3: nn.Module) -> None:
+    """L_a = (1 - lambda_a) L_a + lambda_a mean_b L_a2b, with one lambda per source task."""
+    cfg = xtc.config.load(None, ["model.tasks=[seg,depth,normal]", "loss.weighting=fixed",
+                                 "loss.lambdas={seg: 0.1, depth: 0.2, normal: 0.3}"])
+    criterion = build_criterion(cfg, model3)
+    batch = _batch3()
+    with torch.no_grad():
+        terms = criterion(model3(batch["image"]), batch)
+    lam = {"seg": 0.1, "depth": 0.2, "normal": 0.3}
+    expected = sum((1 - lam[a]) * terms[a] + lam[a] * (sum(terms[f"{a}2{b}"] for b in THREE
+                                                           if b != a) / 2) for a in THREE)
+    assert torch.allclose(terms["total"], expected, rtol=1e-6)

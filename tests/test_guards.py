@@ -155,8 +155,8 @@ def test_a_split_the_model_cannot_take_fails_before_training(tiny_config, monkey
 
     real = train.build_dataset_from_config
 
-    def odd_test_split(data_cfg, split):
-        dataset = real(data_cfg, split)
+    def odd_test_split(data_cfg, split, tasks=None):
+        dataset = real(data_cfg, split, tasks)
         if split == "test":
             getitem = type(dataset).__getitem__
             dataset.__class__ = type("Odd", (type(dataset),), {"__getitem__": lambda self, i: {

@@ -207,11 +207,12 @@ def test_criterion_direct_only_predictions() -> None:
 
 def test_criterion_defaults_follow_the_paper() -> None:
     criterion = build_criterion(xtc.config.load(None))
-    assert criterion.method == "xtc" and criterion.lambda1 == criterion.lambda2 == 0.01
-    assert criterion.depth.kind == "l1" and criterion.cross_task.mode == "consistency"
-    assert criterion.cross_task.kinds["seg2depth"] == "l1"
-    assert criterion.cross_task.kinds["depth2seg"] == "ce"
-    assert criterion.cross_task.kinds["label_smoothing"] == 0.0
+    assert criterion.tasks == ("seg", "depth") and criterion.edges == ["seg2depth", "depth2seg"]
+    assert criterion.lambdas == {"seg": 0.01, "depth": 0.01}
+    seg, depth = criterion.task_specs["seg"], criterion.task_specs["depth"]
+    assert depth.options["kind"] == "l1" and criterion.cross_task.mode == "consistency"
+    assert depth.options["transfer_kind"] == "l1"
+    assert seg.options["kind"] == "ce" and seg.options["label_smoothing"] == 0.0
 
 
 def test_gradnorm_without_model_is_a_clear_error() -> None:

@@ -22,15 +22,15 @@ def images() -> torch.Tensor:
 def test_every_method_outputs(method: str, images: torch.Tensor) -> None:
     model = build_model(method, K, "resnet18", **TINY)
     out = model(images)
-    expected = {"stl-seg": {"seg"}, "stl-depth": {"depth"}, "mtl": {"seg", "depth"},
-                "xtc": {"seg", "depth", "seg2depth", "depth2seg"}}[method]
+    expected = {"stl-seg": {"seg"}, "stl-depth": {"depth"}, "stl-normal": {"normal"},
+                "mtl": {"seg", "depth"}, "xtc": {"seg", "depth", "seg2depth", "depth2seg"}}[method]
     assert set(out) == expected
     shapes = {"seg": (2, K, 64, 128), "depth": (2, 1, 64, 128), "seg2depth": (2, 1, 64, 128),
-              "depth2seg": (2, K, 64, 128)}
+              "depth2seg": (2, K, 64, 128), "normal": (2, 3, 64, 128)}
     for key, value in out.items():
         assert value.shape == shapes[key], key
     assert model.method == method
-    assert set(model.tasks) == set(model.decoders) == expected & {"seg", "depth"}
+    assert set(model.tasks) == set(model.decoders) == expected & {"seg", "depth", "normal"}
     assert model.num_classes == K
     assert (model.transfer is not None) == (method == "xtc")
 

@@ -32,7 +32,7 @@ def test_scaling_grid_times_every_cell_and_skips_the_large_ones(tiny_config):
 
 def test_timing_trains_a_copy_not_the_model(tiny_config):
     cfg = tiny_config()
-    model = profiling.build_model_from_config(cfg, 7)
+    model = profiling.build_experiment(cfg, "cpu", optimizer=False, num_classes=7).model
     before = {k: v.clone() for k, v in model.state_dict().items()}
     times = profiling.time_training_step(cfg, profiling.synthetic_batch(2, 32, 64), model, repeats=2)
     assert len(times) == 2 and all(t > 0 for t in times)

@@ -77,7 +77,7 @@ def test_ssim_max_val_follows_the_dataset_depth_range():
     assert ssim_max_val(config.load(None, ["data.name=nyuv2"])) == 10.0  # metres
     assert ssim_max_val(config.load(None, ["data.name=nyuv2", "loss.ssim_max_val=8"])) == 8.0
     cfg = config.load(None, ["data.name=nyuv2", "loss.seg2depth_loss=ssim"])
-    assert build_criterion(cfg).cross_task.kinds["ssim_max_val"] == 10.0
+    assert build_criterion(cfg).task_specs["depth"].options["ssim_max_val"] == 10.0
     with pytest.raises(ConfigError, match="ssim_max_val"):
         config.load(None, ["loss.ssim_max_val=0"])
 

@@ -9,9 +9,20 @@ import pytest
 import torch
 
 from xtc.data import build_dataset
-from xtc.data.synthetic import (CONSTRUCTION, DISPARITY_SCALE, FLAT, GENERATOR_VERSION, HUMAN,
-                                MAX_TARGET, NATURE, OBJECT, SKY, VEHICLE, SyntheticCity,
-                                render_scene)
+from xtc.data.synthetic import (
+    CONSTRUCTION,
+    DISPARITY_SCALE,
+    FLAT,
+    GENERATOR_VERSION,
+    HUMAN,
+    MAX_TARGET,
+    NATURE,
+    OBJECT,
+    SKY,
+    VEHICLE,
+    SyntheticCity,
+    render_scene,
+)
 
 SIZES = [(128, 256), (64, 128)]
 
@@ -162,24 +173,29 @@ def _planar(s: dict, ok: np.ndarray, r: int = 1) -> np.ndarray:
 
 @pytest.mark.parametrize("size", SIZES)
 def test_normals_agree_with_depth(scenes, size):
-    # measured over 40 scenes (seeds 0-3, indices 0-9): per-scene median <= 1.6e-5 deg,
-    # 95th percentile <= 1.2e-4 deg (float32 depth round-off: the derivation is exact on a
-    # plane), >= 98% within 1 deg (the rest: two things of one class overlapping at different
-    # distances, a depth jump the erosion cannot see), coverage >= 0.65 of the image
-    pooled = {"ground": 0, "facade": 0, "front": 0}
+    # measured over 40 scenes (seeds 0-3, indices 0-9) at 128x256 and 64x128: per-scene median
+    # <= 1.6e-5 deg, 95th percentile <= 1.2e-4 deg (float32 depth round-off: on a plane the
+    # derivation is exact), >= 98% within 1 deg, coverage 0.65-0.95 of the image. Ground and
+    # facades: 100% within 1 deg; fronto-parallel things 87-100% per scene (the rest: two things
+    # of one class overlapping at different distances, a depth jump the erosion cannot see)
+    kinds = {"facade": 0, "ground": 1, "front": 2}  # the axis each kind's normal lies on
+    pooled = {k: [] for k in kinds}
     for s in scenes[size]:
         n, ok = _normals_from_depth(s)
         keep = _planar(s, ok)
-        err = np.degrees(np.arccos(np.clip((n * s["normal"]).sum(-1), -1.0, 1.0)))[keep]
+        err = np.degrees(np.arccos(np.clip((n * s["normal"]).sum(-1), -1.0, 1.0)))
         assert keep.mean() > 0.5, "planar region too small for the check to mean anything"
-        assert np.median(err) < 0.01
-        assert np.percentile(err, 95) < 0.05  # a half-pixel error in the grid gives ~0.1-0.2
-        assert (err < 1.0).mean() > 0.95
-        pooled["ground"] += (keep & (s["normal"][..., 1] == 1)).sum()
-        pooled["facade"] += (keep & (np.abs(s["normal"][..., 0]) == 1)).sum()
-        pooled["front"] += (keep & (s["normal"][..., 2] == 1)).sum()
+        assert np.median(err[keep]) < 0.01
+        assert np.percentile(err[keep], 95) < 0.05  # a half-pixel grid error gives ~0.1-0.2
+        assert (err[keep] < 1.0).mean() > 0.95
+        for kind, axis in kinds.items():
+            pooled[kind].append(err[keep & (s["normal"][..., axis] != 0)])
     total = len(scenes[size]) * size[0] * size[1]
-    assert all(v > 0.01 * total for v in pooled.values()), pooled
+    for kind, errs in pooled.items():
+        e = np.concatenate(errs)
+        assert e.size > 0.01 * total, f"too few planar {kind} pixels"
+        assert (e < 1.0).mean() > (0.999 if kind != "front" else 0.95), kind
+        assert np.median(e) < 0.01, kind
 
 
 # ---- determinism and resolution ---------------------------------------------------------------

@@ -237,9 +237,9 @@ def test_a_training_step_reads_nothing_back_but_its_loss_values(tiny_config):
     criterion = train.build_criterion(cfg, model)
     optimizer = train.build_optimizer(cfg, list(model.parameters()) + list(criterion.parameters()))
     data = ResidentSplit(train.build_dataset_from_config(cfg.data, "test"), "cpu")
-    state = {"epoch": 0, "step": 0, "partial": {}}
+    state = train.TrainingState()
     with torch.profiler.profile() as prof:
         means = train.train_one_epoch(model, criterion, optimizer, data, torch.device("cpu"),
                                       cfg, state, progress=False)
-    assert state["step"] == 2 and all(map(math.isfinite, means.values()))
+    assert state.step == 2 and all(map(math.isfinite, means.values()))
     assert _host_reads_outside_the_optimizer(prof) == 0

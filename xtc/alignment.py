@@ -10,12 +10,17 @@ Pure computation (torch + numpy; figures live in ``xtc.viz.alignment_plots``):
   energy as a detector of erroneous pixels.
 * :func:`energy_maps` -- numpy maps of one batch for plotting (energy next to error).
 
-Energies are those of :func:`xtc.metrics.consistency_energy_maps`: seg energy is
-KL(softmax(seg) || softmax(depth2seg)) per pixel, depth energy |seg2depth - depth| per pixel
-(depth units of the dataset). Errors: seg -- the pixel is misclassified (ignore pixels left
-out); depth -- |depth - depth_target| on valid pixels (``depth_mask``). AUROC positives: seg --
-misclassified pixels; depth -- pixels whose absolute error is above the median absolute error
-of the evaluated pixels.
+Any task set: the tasks and edges come from the model (``model.tasks``, ``model.edges``) and
+the task registry. Energies are those of :func:`xtc.metrics.edge_energy_maps` per edge
+``a2b`` (``Task.energy_map`` of b: KL(softmax(b) || softmax(a2b)) for segmentation,
+|a2b - b| in the dataset's depth units for depth, 1 - cos for normals) and of
+:func:`xtc.metrics.consistency_energy_maps` per task (the mean over its incoming edges; with
+two tasks seg energy is the depth2seg edge's, depth energy the seg2depth edge's). Errors are
+those of b's direct prediction (``Task.error_map``) on b's valid pixels: seg -- the pixel is
+misclassified (ignore pixels left out); depth -- |depth - depth_target| on valid pixels
+(``depth_mask``); normals -- the angle to the ground truth in degrees (``normal_mask``).
+AUROC positives: for a binary error (seg) the erroneous pixels; otherwise pixels whose error
+is above the median error of the evaluated pixels.
 
 Examples:
     >>> auroc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1])
@@ -32,30 +37,67 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 import numpy as np
 import torch
 
-__all__ = ["CURVE_COLUMNS", "alignment_curves", "summarize_curves", "auroc", "pearson", "spearman", "rankdata",
-           "energy_error_correlation", "correlation_table", "energy_maps", "history_of"]
+__all__ = ["CURVE_COLUMNS", "alignment_curves", "curve_columns", "curve_tasks", "summarize_curves",
+           "auroc", "pearson", "spearman", "rankdata", "energy_error_correlation",
+           "energy_sources", "correlation_table", "energy_maps", "history_of"]
 
 CURVE_COLUMNS = ("run", "epoch", "grad_cos_seg", "grad_cos_depth", "energy", "seg_energy",
-                 "depth_energy", "seg_agreement")
+                 "depth_energy", "seg_agreement")  # the two-task columns, always present
 _HISTORY_KEYS = {"grad_cos_seg": "train_grad_cos_seg", "grad_cos_depth": "train_grad_cos_depth",
                  "energy": "val_energy", "seg_energy": "val_seg_energy",
                  "depth_energy": "val_depth_energy", "seg_agreement": "val_seg_agreement"}
 
 
+def _history_keys(histories: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, str]:
+    """Column -> history key: the two-task columns, then ``grad_cos_<t>`` and ``<t>_energy``
+    of every other registered task some history logged (``train_grad_cos_<t>``,
+    ``val_<t>_energy``), in registry order."""
+    from xtc.tasks import TASKS
+
+    logged = {k for history in histories.values() for entry in history for k in entry}
+    keys = dict(_HISTORY_KEYS)
+    for task in TASKS.in_order():
+        for column, key in ((f"grad_cos_{task}", f"train_grad_cos_{task}"),
+                            (f"{task}_energy", f"val_{task}_energy")):
+            if column not in keys and key in logged:
+                keys[column] = key
+    return keys
+
+
+def curve_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The columns of :func:`alignment_curves` rows: :data:`CURVE_COLUMNS`, then the extra
+    tasks' ``grad_cos_<t>`` / ``<t>_energy``."""
+    extra = [k for r in rows for k in r if k not in CURVE_COLUMNS]
+    return [*CURVE_COLUMNS, *dict.fromkeys(extra)]
+
+
+def curve_tasks(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The tasks the rows have a gradient-cosine or energy column for, in registry order
+    (two tasks: seg, depth)."""
+    from xtc.tasks import TASKS
+
+    columns = set(curve_columns(rows))
+    return [t for t in TASKS.in_order()
+            if f"grad_cos_{t}" in columns or f"{t}_energy" in columns]
+
+
 # ----------------------------------------------------------------------------- histories
 def alignment_curves(histories: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[dict]:
     """Tidy rows ``{run, epoch, grad_cos_seg, grad_cos_depth, energy, seg_energy,
-    depth_energy, seg_agreement}`` from ``{run name: history}``.
+    depth_energy, seg_agreement}`` from ``{run name: history}``, plus ``grad_cos_<t>`` and
+    ``<t>_energy`` for every other task a history logged (a three-task run: ``grad_cos_normal``
+    = cos(∇L_normal, ∇ mean of L_normal2seg, L_normal2depth), ``normal_energy``).
 
     A history is ``Run.history`` or ``results.json["history"]`` (one dict per epoch). Values a
     run did not log (no ``train.grad_cosine_every``, or an ``mtl`` run without energies) are
     NaN, so every row has every column.
     """
+    keys = _history_keys(histories)
     rows = []
     for run, history in histories.items():
         for position, entry in enumerate(history):
             row = {"run": run, "epoch": int(entry.get("epoch", position))}
-            for column, key in _HISTORY_KEYS.items():
+            for column, key in keys.items():
                 value = entry.get(key)
                 row[column] = float(value) if value is not None else float("nan")
             rows.append(row)
@@ -64,19 +106,24 @@ def alignment_curves(histories: Mapping[str, Sequence[Mapping[str, Any]]]) -> li
 
 def summarize_curves(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
     """Per run, from :func:`alignment_curves` rows: the mean gradient cosines over the logged
-    epochs (``grad_cos_seg_mean``, ``grad_cos_depth_mean``) and the first and last epoch's
-    validation energies (``energy_first``, ``energy_last``, same for ``seg_energy`` and
-    ``depth_energy``). NaN where a run logged nothing."""
+    epochs (``grad_cos_seg_mean``, ``grad_cos_depth_mean``, ``grad_cos_<t>_mean`` for every
+    task of the rows) and the first and last epoch's validation energies (``energy_first``,
+    ``energy_last``, same for every ``<t>_energy``). NaN where a run logged nothing."""
+    tasks = curve_tasks(rows)
+    columns = set(curve_columns(rows))
+    cosines = [c for c in [f"grad_cos_{t}" for t in tasks] if c in columns]
+    energies = ["energy"] + [c for c in [f"{t}_energy" for t in tasks] if c in columns]
     out: dict[str, dict[str, float]] = {}
     for run in dict.fromkeys(r["run"] for r in rows):
         mine = sorted((r for r in rows if r["run"] == run), key=lambda r: r["epoch"])
         summary = {}
-        for key in ("grad_cos_seg", "grad_cos_depth"):
-            values = np.array([r[key] for r in mine], dtype=float)
+        for key in cosines:
+            values = np.array([r.get(key, np.nan) for r in mine], dtype=float)
             summary[f"{key}_mean"] = float(np.nanmean(values)) if np.isfinite(values).any() \
                 else float("nan")
-        for key in ("energy", "seg_energy", "depth_energy"):
-            summary[f"{key}_first"], summary[f"{key}_last"] = mine[0][key], mine[-1][key]
+        for key in energies:
+            summary[f"{key}_first"] = mine[0].get(key, float("nan"))
+            summary[f"{key}_last"] = mine[-1].get(key, float("nan"))
         out[run] = summary
     return out
 
@@ -131,94 +178,158 @@ def auroc(scores, labels) -> float:
 
 
 # ----------------------------------------------------------------------------- energy vs error
+def _valid(task: str, spec, batch: Mapping[str, torch.Tensor]) -> Optional[torch.Tensor]:
+    """(B,H,W) bool: where ``task`` has ground truth (``Task.valid``; depth also needs a
+    positive target); None: every pixel."""
+    valid = spec.valid(batch)
+    if task == "depth" and "depth_target" in batch:
+        positive = batch["depth_target"] > 0
+        valid = positive if valid is None else valid.bool() & positive
+    return None if valid is None else valid.reshape(valid.shape[0], *valid.shape[-2:]).bool()
+
+
 @torch.no_grad()
 def energy_maps(model, batch: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
-    """Numpy maps of one batch, for plotting: ``image`` (B,H,W,3), ``seg_pred``,
-    ``seg_target`` (B,H,W int, -1 ignore), ``seg_error`` (B,H,W float: 1 misclassified,
-    0 correct, NaN ignored), ``seg_energy``, ``depth_pred``, ``depth_target``, ``depth_error``
-    (|pred - target|, NaN where invalid), ``depth_energy`` (B,H,W float). The model must be
-    an ``xtc`` model (it needs the transferred predictions); it is left in eval mode.
+    """Numpy maps of one batch, for plotting: ``image`` (B,H,W,3); for every task t of the
+    model ``<t>_pred`` and ``<t>_target`` (seg: (B,H,W) labels, -1 ignore; depth (B,H,W);
+    normals (B,H,W,3) unit vectors), ``<t>_error`` (B,H,W float, NaN where t has no ground
+    truth: seg 1 misclassified / 0 correct, depth |pred - target|, normals the angle in
+    degrees); ``<t>_energy`` (B,H,W) for every task that receives transfers (the mean over
+    its incoming edges) and ``<a2b>_energy`` per edge. Two tasks: ``seg_pred``,
+    ``seg_target``, ``seg_error``, ``seg_energy``, ``depth_pred``, ``depth_target``,
+    ``depth_error``, ``depth_energy`` (plus ``seg2depth_energy`` = ``depth_energy`` and
+    ``depth2seg_energy`` = ``seg_energy``). The model must be an ``xtc`` model (it needs
+    the transferred predictions); it is left in eval mode.
     """
-    from xtc.metrics import consistency_energy_maps
+    from xtc.metrics import consistency_energy_maps, edge_energy_maps
+    from xtc.tasks import TASKS
 
     if getattr(model, "transfer", None) is None:
-        raise ValueError("energy maps need an xtc model (with seg2depth / depth2seg transfer "
-                         "nets); this model has none: train with model.method=xtc")
+        raise ValueError("energy maps need an xtc model (with transfer nets such as "
+                         "seg2depth / depth2seg); this model has none: train with "
+                         "model.method=xtc")
     model.eval()
     device = next(model.parameters()).device
-    images = batch["image"].to(device)
+    batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+    images = batch["image"]
     predictions = {k: v.float() for k, v in model(images).items()}
-    energy = consistency_energy_maps(predictions)
-    seg_target = batch["seg_target"].to(device)
-    seg_pred = predictions["seg"].max(1).indices
-    seg_error = (seg_pred != seg_target).float()
-    seg_error[seg_target < 0] = float("nan")
-    depth_pred = predictions["depth"][:, 0]
-    depth_target = batch["depth_target"].to(device)[:, 0]
-    valid = batch.get("depth_mask", batch["depth_target"] > 0).to(device)[:, 0].bool()
-    valid = valid & (depth_target > 0)
-    depth_error = (depth_pred - depth_target).abs()
-    depth_error[~valid] = float("nan")
-    out = {"image": images.permute(0, 2, 3, 1), "seg_pred": seg_pred, "seg_target": seg_target,
-           "seg_error": seg_error, "seg_energy": energy["seg"], "depth_pred": depth_pred,
-           "depth_target": depth_target, "depth_error": depth_error,
-           "depth_energy": energy["depth"]}
+    specs = getattr(model, "specs", None) or {t: TASKS.get(t)(model.num_classes)
+                                              for t in model.tasks}
+    out = {"image": images.permute(0, 2, 3, 1)}
+    for task in model.tasks:
+        spec, pred = specs[task], predictions[task]
+        if task == "seg":
+            out["seg_pred"], out["seg_target"] = pred.max(1).indices, batch["seg_target"]
+        elif pred.shape[1] == 1:
+            out[f"{task}_pred"] = pred[:, 0]
+            out[f"{task}_target"] = spec.target(batch)[:, 0].float()
+        else:
+            out[f"{task}_pred"] = torch.nn.functional.normalize(pred, dim=1).permute(0, 2, 3, 1)
+            out[f"{task}_target"] = spec.target(batch).float().permute(0, 2, 3, 1)
+        try:
+            error = spec.error_map(pred, batch).float()
+        except NotImplementedError:  # a task without an error map has no error to detect
+            continue
+        valid = _valid(task, spec, batch)
+        out[f"{task}_error"] = error if valid is None else torch.where(
+            valid, error, torch.full_like(error, float("nan")))
+    for task, energy in consistency_energy_maps(predictions).items():
+        out[f"{task}_energy"] = energy
+    for name, energy in edge_energy_maps(predictions).items():
+        out[f"{name}_energy"] = energy
     return {k: v.detach().cpu().numpy() for k, v in out.items()}
+
+
+def energy_sources(maps: Mapping[str, np.ndarray],
+                   edges: Optional[bool] = None) -> list[tuple[str, str]]:
+    """``(key, task)`` pairs to correlate from :func:`energy_maps` keys: every task with an
+    error and an energy (``seg``, ``depth``, ``normal``: its mean energy), then, with
+    ``edges`` (default: when some task receives more than one transfer), every edge ``a2b``
+    (its own energy, against b's error). Two tasks: ``[("seg", "seg"), ("depth", "depth")]``."""
+    from xtc.tasks import TASKS, split_edge
+
+    tasks = [t for t in TASKS.in_order() if f"{t}_error" in maps and f"{t}_energy" in maps]
+    pairs = []
+    for key in maps:
+        if not key.endswith("_energy"):
+            continue
+        try:
+            source, target = split_edge(key[:-len("_energy")])
+        except ValueError:
+            continue
+        if source in TASKS and target in tasks:
+            pairs.append((key[:-len("_energy")], target))
+    if edges is None:
+        targets = [t for _, t in pairs]
+        edges = any(targets.count(t) > 1 for t in targets)
+    return [(t, t) for t in tasks] + (pairs if edges else [])
 
 
 def energy_error_correlation(model, loader: Iterable[Mapping[str, torch.Tensor]],
                              max_images: Optional[int] = None, max_pixels: int = 200_000,
-                             seed: int = 0) -> dict[str, dict[str, float]]:
-    """How well the consistency energy predicts the error, for ``seg`` and ``depth``.
+                             seed: int = 0, edges: Optional[bool] = None
+                             ) -> dict[str, dict[str, float]]:
+    """How well the consistency energy predicts the error, per task (``seg``, ``depth``,
+    ``normal``, ...: the task's mean energy over its incoming edges against its error) and,
+    with ``edges`` (default: when some task receives more than one transfer, e.g. three
+    tasks), per edge ``a2b`` (that transfer's energy against b's error).
 
-    Per task: ``pixel_pearson``, ``pixel_spearman`` (energy vs error over all evaluated
+    Per key: ``pixel_pearson``, ``pixel_spearman`` (energy vs error over all evaluated
     pixels; at most ``max_pixels``, a seeded random subset, for the statistics), ``image_pearson``,
     ``image_spearman`` (mean energy vs mean error per image), ``auroc`` (energy as a detector of
     erroneous pixels, see the module docstring), ``positive_rate`` (share of erroneous
     pixels), ``n_pixels``, ``n_images``. NaN where a statistic is undefined (e.g. no error).
+    Two tasks: exactly the keys ``seg`` and ``depth``.
     """
-    pixels = {"seg": ([], []), "depth": ([], [])}
-    images = {"seg": ([], []), "depth": ([], [])}
+    pixels: dict[str, tuple[list, list]] = {}
+    images: dict[str, tuple[list, list]] = {}
+    sources: Optional[list[tuple[str, str]]] = None
     seen = 0
     for batch in loader:
         maps = energy_maps(model, batch)
+        if sources is None:
+            sources = energy_sources(maps, edges)
+            for key, _ in sources:
+                pixels[key], images[key] = ([], []), ([], [])
         for b in range(maps["image"].shape[0]):
             if max_images is not None and seen >= max_images:
                 break
             seen += 1
-            for task in ("seg", "depth"):
-                err, eng = maps[f"{task}_error"][b], maps[f"{task}_energy"][b]
+            for key, task in sources:
+                err, eng = maps[f"{task}_error"][b], maps[f"{key}_energy"][b]
                 ok = np.isfinite(err)
                 if ok.any():
-                    pixels[task][0].append(eng[ok])
-                    pixels[task][1].append(err[ok])
-                    images[task][0].append(float(eng[ok].mean()))
-                    images[task][1].append(float(err[ok].mean()))
+                    pixels[key][0].append(eng[ok])
+                    pixels[key][1].append(err[ok])
+                    images[key][0].append(float(eng[ok].mean()))
+                    images[key][1].append(float(err[ok].mean()))
         if max_images is not None and seen >= max_images:
             break
     rng = np.random.default_rng(seed)
     out = {}
-    for task in ("seg", "depth"):
-        energy = np.concatenate(pixels[task][0]) if pixels[task][0] else np.zeros(0)
-        error = np.concatenate(pixels[task][1]) if pixels[task][1] else np.zeros(0)
+    for key, _ in sources or []:
+        energy = np.concatenate(pixels[key][0]) if pixels[key][0] else np.zeros(0)
+        error = np.concatenate(pixels[key][1]) if pixels[key][1] else np.zeros(0)
         if energy.size > max_pixels:
             keep = rng.choice(energy.size, max_pixels, replace=False)
             energy, error = energy[keep], error[keep]
-        positive = error > 0.5 if task == "seg" else error > np.median(error) if error.size else error
-        out[task] = {"pixel_pearson": pearson(energy, error),
-                     "pixel_spearman": spearman(energy, error),
-                     "image_pearson": pearson(*images[task]),
-                     "image_spearman": spearman(*images[task]),
-                     "auroc": auroc(energy, positive),
-                     "positive_rate": float(positive.mean()) if positive.size else float("nan"),
-                     "n_pixels": int(energy.size), "n_images": len(images[task][0])}
+        binary = bool(error.size) and bool(np.isin(error, (0.0, 1.0)).all())
+        positive = error > 0.5 if binary else error > np.median(error) if error.size else error
+        out[key] = {"pixel_pearson": pearson(energy, error),
+                    "pixel_spearman": spearman(energy, error),
+                    "image_pearson": pearson(*images[key]),
+                    "image_spearman": spearman(*images[key]),
+                    "auroc": auroc(energy, positive),
+                    "positive_rate": float(positive.mean()) if positive.size else float("nan"),
+                    "n_pixels": int(energy.size), "n_images": len(images[key][0])}
     return out
 
 
 def correlation_table(results: Mapping[str, Mapping[str, Mapping[str, float]]],
                       columns: Optional[Sequence[str]] = None) -> list[dict]:
     """Rows ``{run, task, auroc, pixel_pearson, ...}`` from ``{run: energy_error_correlation(...)}``
-    (only ``columns`` of the statistics when given)."""
+    (only ``columns`` of the statistics when given); ``task`` is a task (its mean energy) or
+    an edge ``a2b`` (that transfer's energy against b's error)."""
     return [{"run": run, "task": task,
              **{k: v for k, v in stats.items() if columns is None or k in columns}}
             for run, per_task in results.items() for task, stats in per_task.items()]

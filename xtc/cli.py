@@ -160,15 +160,23 @@ def _prepare(args) -> int:
     from xtc.data import prepare
 
     if args.dataset == "synthetic":
-        height, width = _size(args.size)
+        height, width = _size(args.size or "128x256")
         path = prepare.prepare_synthetic(args.out, n=args.n, height=height, width=width,
                                          seed=args.seed)
+    elif args.dataset == "nyuv2":
+        from xtc.data.prepare_nyuv2 import prepare_nyuv2
+
+        if not args.raw:
+            raise ValueError("xtc prepare nyuv2 needs --raw FILE: nyu_depth_v2_labeled.mat from "
+                             "the NYU Depth V2 page (see docs/nyuv2.md)")
+        path = prepare_nyuv2(args.raw, args.out, args.splits, normals=args.normals,
+                             size=_size(args.size) if args.size else (288, 384))
     else:
         if not args.raw:
             raise ValueError("xtc prepare cityscapes needs --raw DIR (the folder holding "
                              "leftImg8bit/, gtFine/ and disparity/)")
         path = prepare.prepare_cityscapes(args.raw, args.out, classes=args.classes,
-                                          size=_size(args.size))
+                                          size=_size(args.size or "128x256"))
     print(f"wrote {path}")
     return 0
 
@@ -233,11 +241,17 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(func=_evaluate)
 
     prepare = sub.add_parser("prepare", help="write a dataset in the MTAN .npy layout")
-    prepare.add_argument("dataset", choices=["synthetic", "cityscapes"])
+    prepare.add_argument("dataset", choices=["synthetic", "cityscapes", "nyuv2"])
     prepare.add_argument("--out", required=True, type=Path)
-    prepare.add_argument("--raw", type=Path, help="cityscapes: raw release folder")
+    prepare.add_argument("--raw", type=Path, help="cityscapes: raw release folder; nyuv2: "
+                         "nyu_depth_v2_labeled.mat")
+    prepare.add_argument("--splits", type=Path, help="nyuv2: the official splits.mat (default: "
+                         "next to the .mat file)")
+    prepare.add_argument("--normals", default="derive", choices=["derive", "none"],
+                         help="nyuv2: derive normals from depth (not MTAN's files), or none")
     prepare.add_argument("--classes", type=int, default=7, choices=[7, 19])
-    prepare.add_argument("--size", default="128x256", help="HEIGHTxWIDTH (default 128x256)")
+    prepare.add_argument("--size", default=None, help="HEIGHTxWIDTH (default 128x256; nyuv2 "
+                         "288x384)")
     prepare.add_argument("--n", type=int, default=1000, help="synthetic: number of train images")
     prepare.add_argument("--seed", type=int, default=0, help="synthetic: scene seed")
     prepare.set_defaults(func=_prepare)

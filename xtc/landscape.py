@@ -9,9 +9,11 @@ Pure computation (torch + numpy, no plotting; figures live in ``xtc.viz.landscap
 * :func:`surface` -- 2-D losses on the plane theta + x d_x + y d_y.
 * :func:`sharpness` -- a few numbers per term: max loss increase within a radius, curvature.
 
-Every point evaluates *each loss term separately* (``seg``, ``depth``, ``seg2depth``,
-``depth2seg``, ``total``: whatever the criterion returns), from one forward pass per batch,
-averaged over the given batches.
+Every point evaluates *each loss term separately* (whatever the criterion returns: a direct
+term ``<task>`` per task, a cross-task term ``<a>2<b>`` per edge of the transfer graph, and
+``total``; two tasks: ``seg``, ``depth``, ``seg2depth``, ``depth2seg``, ``total``; three tasks
+add ``normal`` and four more edges), from one forward pass per batch, averaged over the given
+batches. :func:`loss_terms` names them for a config without evaluating anything.
 
 Batch-norm statistics are handled explicitly (``bn=``):
 
@@ -39,6 +41,7 @@ Examples:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
@@ -47,7 +50,8 @@ import torch
 from torch import nn
 
 __all__ = ["Curve", "Surface", "filter_normalized_direction", "grid_coordinates",
-           "interpolate", "surface", "sharpness", "landscape_criterion",
+           "interpolate", "surface", "sharpness", "landscape_criterion", "loss_terms",
+           "term_order",
            "sample_batches", "BN_MODES"]
 
 BN_MODES = ("eval", "recompute")
@@ -269,15 +273,59 @@ def landscape_criterion(cfg: Any):
     return build_criterion(cfg).eval()
 
 
+def loss_terms(cfg: Any) -> list[str]:
+    """The terms a landscape of ``cfg`` evaluates, in plotting order: every task of the
+    method, every edge (``xtc``), ``total``.
+
+    >>> import xtc.config
+    >>> loss_terms(xtc.config.load(None, ["model.tasks=[seg,depth,normal]"]))[3:]
+    ['seg2depth', 'seg2normal', 'depth2seg', 'depth2normal', 'normal2seg', 'normal2depth', 'total']
+    """
+    from xtc.tasks import METHODS, transfers_of
+
+    tasks = METHODS.get(cfg.model.method).tasks_for(cfg.model.tasks)
+    return term_order([*tasks, *transfers_of(cfg), "total"])
+
+
+def term_order(terms) -> list[str]:
+    """Loss terms in reading order, for any task set: the direct terms in registry order
+    (seg, depth, normal, ...), then the edges ``<a>2<b>`` by source then target task, then
+    ``total``, then anything else sorted. Two tasks: :data:`TERM_ORDER`.
+
+    >>> term_order(["total", "normal2seg", "seg2normal", "depth", "seg", "normal"])
+    ['seg', 'depth', 'normal', 'seg2normal', 'normal2seg', 'total']
+    """
+    from xtc.tasks import TASKS, split_edge
+
+    order = TASKS.in_order()
+    terms = list(dict.fromkeys(terms))
+    direct = [t for t in order if t in terms]
+    edges = []
+    for t in terms:
+        try:
+            a, b = split_edge(t)
+        except ValueError:
+            continue
+        if a in order and b in order:
+            edges.append(t)
+    edges.sort(key=lambda e: tuple(order.index(x) for x in split_edge(e)))
+    known = [*direct, *edges, *(["total"] if "total" in terms else [])]
+    return known + sorted(set(terms) - set(known))
+
+
 def sample_batches(cfg: Any, split: str = "val", n_batches: int = 2,
                    batch_size: Optional[int] = None) -> list[dict]:
     """The first ``n_batches`` batches of ``split`` (no shuffling, no augmentation): fixed data
-    so every landscape point sees the same images."""
+    so every landscape point sees the same images. Items hold the batch keys of the
+    method's tasks (``model.tasks``: a three-task config's batches carry normals)."""
     from torch.utils.data import DataLoader
 
     from xtc.data import build_dataset_from_config
+    from xtc.tasks import METHODS
 
-    dataset = build_dataset_from_config(cfg.data, split)
+    tasks = METHODS.get(cfg.model.method).tasks_for(cfg.model.tasks)
+    dataset = build_dataset_from_config(dataclasses.replace(cfg.data, augment=False), split,
+                                        tasks=tasks)
     loader = DataLoader(dataset, batch_size=batch_size or cfg.train.batch_size, shuffle=False)
     batches = []
     for batch in loader:

@@ -31,10 +31,13 @@ from typing import Any, Iterable
 
 from xtc.results import FILENAME
 
-METRICS = ("miou", "pixel_acc", "abs_err", "rel_err")
-LABELS = {"miou": "mIoU", "pixel_acc": "pixel acc", "abs_err": "abs err", "rel_err": "rel err"}
+METRICS = ("miou", "pixel_acc", "abs_err", "rel_err")  # the paper's two tasks; table_metrics(rows)
+LABELS = {"miou": "mIoU", "pixel_acc": "pixel acc", "abs_err": "abs err", "rel_err": "rel err",
+          "normal_mean": "mean angle", "normal_median": "median angle",
+          "normal_11": "within 11.25°", "normal_22": "within 22.5°", "normal_30": "within 30°"}
 SEG_BASELINE, DEPTH_BASELINE = "stl-seg", "stl-depth"
 SEG_METRICS, DEPTH_METRICS = ("miou", "pixel_acc"), ("abs_err", "rel_err")
+PAPER_TASKS = "seg+depth"  # a row's ``tasks`` when its results.json predates model.tasks
 DEFAULT_PROTOCOL = "xtc"  # runs written before results.json named its protocol
 PROTOCOL_FIRST = ("name", "model_selection", "reported_metrics")  # printed first by protocol_text
 DM_METRIC, DM_TASK = "Δm% metric-wt (lower better)", "Δm% task-wt (lower better)"
@@ -42,6 +45,33 @@ DM_METRIC, DM_TASK = "Δm% metric-wt (lower better)", "Δm% task-wt (lower bette
 FIELDS = {"method": "model.method", "cross_task": "loss.cross_task", "seed": "train.seed",
           "lambda1": "loss.lambda1", "lambda2": "loss.lambda2", "weighting": "loss.weighting",
           "dataset": "data.name"}
+
+
+def table_metrics(rows: Iterable[dict]) -> tuple[str, ...]:
+    """The table metrics (``xtc.tasks.delta_m_metrics``) of every task the rows trained, in
+    registry order: the paper's four for seg + depth, NYUv2's nine with normals."""
+    from xtc.tasks import TASKS, delta_m_metrics
+
+    trained = table_metrics_tasks(rows)
+    table = delta_m_metrics()
+    return tuple(m for t in TASKS.in_order() if t in trained for m in table[t])
+
+
+def table_metrics_tasks(rows: Iterable[dict]) -> set[str]:
+    """Every task some row trained (its ``tasks``)."""
+    return {t for r in rows for t in str(r.get("tasks") or PAPER_TASKS).split("+")}
+
+
+def _tasks_of(params: dict) -> str:
+    """``seg+depth``-style name of the tasks a run built decoders for."""
+    from xtc.tasks import METHODS
+
+    method = params.get("model.method", params.get("method"))
+    tasks = params.get("model.tasks") or PAPER_TASKS.split("+")
+    try:
+        return "+".join(METHODS.get(str(method)).tasks_for(tasks))
+    except KeyError:
+        return "+".join(tasks)
 
 
 # --------------------------------------------------------------------------- rows
@@ -125,6 +155,7 @@ def row_from_results(doc: dict, run_dir: str | Path, split: str = "test") -> dic
         row[short] = params.get(key, params.get(short))
     if row["method"] not in (None, "xtc"):
         row["cross_task"] = "-"  # the setting exists in every config but only xtc uses it
+    row["tasks"] = _tasks_of(params)
     metrics = doc.get("metrics") if isinstance(doc.get("metrics"), dict) else {}
     section = metrics.get(split) if isinstance(metrics.get(split), dict) else {}
     row["metrics"] = {k: float(v) for k, v in section.items()
@@ -179,13 +210,17 @@ def _key(row: dict, field: str) -> Any:
 
 
 def baselines(rows: list[dict]) -> dict[str, float]:
-    """STL baselines: seg metrics from ``stl-seg``, depth metrics from ``stl-depth`` (seed means).
+    """STL baselines: each task's table metrics from its ``stl-<task>`` runs (seed means):
+    seg from ``stl-seg``, depth from ``stl-depth``, normals from ``stl-normal``.
 
     Refuses rows of several protocols: a baseline belongs to one protocol.
     """
+    from xtc.tasks import delta_m_metrics
+
     check_one_protocol(rows, "baselines")
     out = {}
-    for method, names in ((SEG_BASELINE, SEG_METRICS), (DEPTH_BASELINE, DEPTH_METRICS)):
+    for task, names in delta_m_metrics().items():
+        method = f"stl-{task}"
         for m in names:
             values = [r["metrics"][m] for r in rows if r["method"] == method and m in r["metrics"]]
             if values:
@@ -221,10 +256,12 @@ def aggregate(rows: list[dict], group_by: Iterable[str] = ("method", "cross_task
     for proto, proto_rows in by_protocol(rows).items():
         base = baselines(proto_rows)
         groups: dict[tuple, list[dict]] = {}
-        for row in proto_rows:
-            groups.setdefault(tuple(_key(row, f) for f in group_by), []).append(row)
+        for row in proto_rows:  # runs of different task sets never share a group either
+            key = tuple(_key(row, f) for f in group_by) + (row.get("tasks") or PAPER_TASKS,)
+            groups.setdefault(key, []).append(row)
         for key, members in groups.items():
-            group = {**dict(zip(group_by, key)), "protocol": proto, "n": len(members),
+            group = {**dict(zip(group_by, key[:-1])), "tasks": key[-1], "protocol": proto,
+                     "n": len(members),
                      "seeds": sorted({r["seed"] for r in members if r.get("seed") is not None}),
                      "runs": [r["name"] for r in members], "mean": {}, "std": {},
                      "delta_m": None, "delta_m_std": None, "delta_m_task": None, "delta_m_task_std": None}
@@ -234,9 +271,9 @@ def aggregate(rows: list[dict], group_by: Iterable[str] = ("method", "cross_task
                     group["mean"][m], group["std"][m] = _mean_std(values)
             _delta_ms(group, members, base)
             out.append(group)
-    order = {SEG_BASELINE: 0, DEPTH_BASELINE: 1, "mtl": 2, "xtc": 3}
+    order = {SEG_BASELINE: 0, DEPTH_BASELINE: 1, "stl-normal": 2, "mtl": 3, "xtc": 4}
     return sorted(out, key=lambda g: (g["protocol"], order.get(g.get("method"), 9),
-                                      str([g.get(f) for f in group_by])))
+                                      g["tasks"], str([g.get(f) for f in group_by])))
 
 
 CROSS_TASK_FIELDS = ("cross_task", "lambda1", "lambda2", "transfer_detach_input")  # xtc only
@@ -534,9 +571,12 @@ def protocol_text(rows: list[dict]) -> str:
     seeds = sorted({r["seed"] for r in rows if r.get("seed") is not None})
     lines.append(f"- seeds: {', '.join(map(str, seeds)) or '(not recorded)'}; "
                  f"tables show mean ± sample std over seeds (n)")
+    from xtc.tasks import delta_m_metrics
+
+    trained = [t for t in delta_m_metrics() if t in table_metrics_tasks(rows)]
+    base = ", ".join(f"stl-{t} for {'/'.join(delta_m_metrics()[t])}" for t in trained)
     lines.append(f"- Δm (metric-weighted and task-weighted columns): {DELTA_M_CONVENTION} Baselines: "
-                 f"{SEG_BASELINE} for {'/'.join(SEG_METRICS)}, {DEPTH_BASELINE} for "
-                 f"{'/'.join(DEPTH_METRICS)}, of the same protocol.")
+                 f"{base}, of the same protocol.")
     return "\n".join(lines)
 
 
@@ -570,7 +610,11 @@ def plot_tradeoff(groups: list[dict], seg: str = "miou", depth: str = "abs_err",
 
 
 # --------------------------------------------------------------------------- units and headers
-UNITS = {"miou": "fraction", "pixel_acc": "fraction", "rel_err": "ratio"}  # abs_err: depth units
+def _units() -> dict[str, str]:
+    """metric -> unit from the task registry (abs_err's "depth unit": the runs' units)."""
+    from xtc.tasks import TASKS
+
+    return {m.name: m.unit for _, m in TASKS.all_metrics() if m.unit != "depth unit"}
 
 
 def depth_units(rows: Iterable[dict]) -> str:
@@ -593,7 +637,7 @@ def metric_unit(metric: str, depth_units: str | None = None) -> str:
     units for abs err (``depth units`` when not given)."""
     if metric == "abs_err":
         return depth_units or "depth units"
-    return UNITS.get(metric, "")
+    return _units().get(metric, "")
 
 
 def metric_header(metric: str, depth_units: str | None = None) -> str:
@@ -650,7 +694,7 @@ def _with_values(rows: list[dict], group_by: tuple, metrics: tuple) -> list[tupl
         members = [r for r in rows if tuple(_key(r, f) for f in group_by) == key]
         values = {m: [r["metrics"][m] for r in members if m in r["metrics"]] for m in metrics}
         common = tuple(m for m in g["mean"] if m in base)
-        if common and g.get("method") not in (SEG_BASELINE, DEPTH_BASELINE):
+        if common and not str(g.get("method")).startswith("stl-"):
             runs = [r for r in members if any(m in r["metrics"] for m in common)]
             for q, fn in (("delta_m", delta_m), ("delta_m_task", delta_m_task)):
                 values[q] = [fn({m: r["metrics"][m] for m in common if m in r["metrics"]}, base) for r in runs]
@@ -740,7 +784,7 @@ def verdict(rows: list[dict], group_by: Iterable[str] = ("method", "cross_task")
         prefix = f"Protocol {proto}: " if len(parts) > 1 else ""
         have = _with_values(proto_rows, group_by, metrics)
         ranked = [h for h in have if h[0]["delta_m"] is not None
-                  and h[0].get("method") not in (SEG_BASELINE, DEPTH_BASELINE)]
+                  and not str(h[0].get("method")).startswith("stl-")]
         if not ranked:
             paras.append(prefix + "no Δm: these runs have no multi-task group with stl-seg and stl-depth "
                          "baselines of this protocol, so there is no ranking to state.")

@@ -22,9 +22,12 @@ _EXPORTS = {
     "show_predictions": "plots", "plot_history": "plots", "plot_task_curves": "plots", "offline": "plots", "class_balance": "plots",
     "plot_class_balance": "plots", "plot_depth_histogram": "plots",
     "plot_depth_per_class": "plots", "pixel_table": "plots", "plot_scaling": "plots",
+    "normal_rgb": "plots", "normals_from_depth": "plots", "plot_depth_to_normals": "plots",
+    "sample_tasks": "plots", "task_curves": "plots",
     "show_source": "source",
     "load_run": "explorer", "LoadedRun": "explorer", "predict": "explorer",
     "panel_names": "explorer", "render": "explorer", "static_gallery": "explorer", "PREDICTION_PANELS": "explorer",
+    "prediction_panels": "explorer", "panel_specs": "explorer",
     "Explorer": "explorer", "find_runs": "explorer",
     "table": "tables", "config_table": "tables", "first_run": "default_run", "best_run": "default_run", "pick_run": "default_run", "demo_run": "default_run", "quickstart_config": "default_run",
 }

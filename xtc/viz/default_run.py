@@ -84,7 +84,9 @@ def best_run(runs: Sequence[str | Path], split: str = "val") -> Path:
     names = {k for m in metrics for k, v in m.items() if isinstance(v, (int, float))}
     mean = {k: sum(m[k] for m in metrics if k in m) / sum(k in m for m in metrics)
             for k in names}
-    tasks = [t for t, ms in xtc.selection.TASK_METRICS.items() if any(m in names for m in ms)]
+    from xtc.tasks import delta_m_metrics
+
+    tasks = [t for t, ms in delta_m_metrics().items() if any(m in names for m in ms)]
     scores = [xtc.selection.score("delta_m", m, mean, tasks) for m in metrics]
     return folders[min(range(len(folders)), key=scores.__getitem__)]
 

@@ -8,16 +8,27 @@ Three layers, so that the part that matters is testable without a browser:
   are used as they are; runs are labelled by method, cross-task term and seed
   (:func:`run_label`, e.g. ``"xtc consistency, seed 0"``).
 * :func:`predict` / :func:`render` (pure): one sample -> numpy panels -> a plotly Figure.
-  Panels: image, GT seg, direct seg, transferred seg (``depth2seg``), GT depth, direct depth,
-  transferred depth (``seg2depth``), abs depth error, seg error, seg and depth consistency
-  energy. Runs without transfer nets (``mtl``, ``stl-*``) omit the panels they cannot have.
+  Panels (:func:`panel_names`), for every task ``t`` the run has (``model.tasks``, read from
+  the task registry): GT ``<t>_target``, direct ``<t>``, transferred ``<a>2<t>`` for every
+  incoming edge of the run's transfer graph; one error map per task (``abs_err`` for depth,
+  ``seg_err`` for segmentation, ``normal_err`` (angle, degrees) for normals, ``<t>_err``
+  otherwise) and one consistency-energy map per task that receives transfers
+  (``<t>_energy``, the mean over its incoming edges, :func:`xtc.metrics.consistency_energy_maps`).
+  Two tasks give the paper's eleven panels: image, GT seg, direct seg, transferred seg
+  (``depth2seg``), GT depth, direct depth, transferred depth (``seg2depth``), abs depth
+  error, seg error, seg and depth energy. Runs without transfer nets (``mtl``, ``stl-*``)
+  omit the panels they cannot have.
 * :class:`Explorer`: a thin ipywidgets UI (run dropdown, split toggle, sample slider) that
   re-renders into an ``Output``; and :func:`static_gallery` (matplotlib) for headless runs,
   where papermill keeps no widget state.
 
 Depth panels have a colour bar in the dataset's ``depth_units``, error and energy maps use
-the colour maps of :mod:`xtc.viz.alignment_plots` (``ERROR_CMAP``, ``ENERGY_CMAP``) with
-their units, seg panels a class legend (class names in their colours) and hover values.
+the colour maps of :mod:`xtc.viz.alignment_plots` (``ERROR_CMAP``, ``ENERGY_CMAP``) with the
+units their task declares (``Task.error_unit``, ``Task.energy_unit``), seg panels a class
+legend (class names in their colours) and hover values, normals are drawn as RGB =
+(n + 1) / 2 (red = right, green = up, blue = toward the camera; invalid black) with the
+vector on hover. With more than two tasks, :func:`render` and :func:`static_gallery` lay the
+panels out one row per task.
 """
 
 from __future__ import annotations
@@ -34,11 +45,14 @@ import torch
 from xtc import checkpoint, train
 from xtc.config import from_dict
 from xtc.metrics import consistency_energy_maps
+from xtc.tasks import TASKS, Task, split_edge
 from xtc.viz.alignment_plots import ENERGY_CMAP, ERROR_CMAP
-from xtc.viz.plots import figure, colorize_seg, seg_palette
+from xtc.viz.plots import colorize_seg, figure, seg_palette
+from xtc.viz.plots import normal_rgb as _normal_rgb
 
 SPLITS = ("train", "val", "test")
-# panel name -> (kind, needs): kinds rgb | seg | depth | error | energy
+# The two-task panels (the paper's graph), name -> (kind, needs): kinds rgb | seg | depth |
+# normal | draw | error | energy. Any other task set: panel_specs(run).
 PANELS = {
     "image": ("rgb", set()), "seg_target": ("seg", {"seg"}), "seg": ("seg", {"seg"}),
     "depth2seg": ("seg", {"depth2seg"}), "depth_target": ("depth", {"depth"}),
@@ -52,18 +66,87 @@ TITLES = {"image": "image", "seg_target": "GT seg", "seg": "direct seg",
           "abs_err": "|depth error|", "seg_err": "seg error", "seg_energy": "seg energy (KL)",
           "depth_energy": "depth energy |seg2depth-depth|"}
 CMAPS = {"depth": "viridis", "error": ERROR_CMAP, "energy": ENERGY_CMAP}  # matplotlib names
+# the error panel of a task: the depth metric's and the seg map's historic names, else <t>_err
+ERROR_PANELS = {"depth": "abs_err", "seg": "seg_err"}
+# how a task's values are drawn; a task not named here is drawn by its Task.draw (RGB)
+VALUE_KINDS = {"seg": "seg", "depth": "depth", "normal": "normal"}
+NORMAL_RGB = "RGB = (n+1)/2: red right, green up, blue toward the camera"
 
 
-def units(name: str, depth_units: str) -> str:
-    """Colour-bar title of a heat-map panel: what its values are, in which units.
+@dataclasses.dataclass(frozen=True)
+class Panel:
+    """One explorer panel: what it draws (``kind``), for which task, its title, and the
+    colour-bar text of a heat map (``unit``; empty for images)."""
+
+    name: str
+    kind: str
+    task: Optional[str]
+    title: str
+    unit: str = ""
+    role: str = ""  # image | target | direct | transferred | error | energy
+
+
+def error_panel(task: str) -> str:
+    """The name of ``task``'s error panel: ``abs_err`` (depth), ``seg_err``, ``normal_err``,
+    ``<task>_err`` for any other task.
+
+    >>> error_panel("depth"), error_panel("normal")
+    ('abs_err', 'normal_err')
+    """
+    return ERROR_PANELS.get(task, f"{task}_err")
+
+
+def units(name: str, depth_units: str, incoming: Optional[Sequence[str]] = None) -> str:
+    """Colour-bar title of a heat-map panel: what its values are, in which units; from the
+    task registry (``Task.error_unit`` / ``Task.energy_unit``, the dataset's depth units for
+    depth). ``incoming``: the edges into the panel's task (for an energy averaged over
+    several transfers); default the paper's single edge. Empty for RGB and seg panels.
 
     >>> units("abs_err", "inverse depth")
     '|error| (inverse depth)'
+    >>> units("normal_err", "metres"), units("normal_energy", "metres")
+    ('angle error (degrees)', '1 - cos(transferred, direct)')
     """
-    return {"depth_target": depth_units, "depth": depth_units, "seg2depth": depth_units,
-            "abs_err": f"|error| ({depth_units})", "seg_err": "wrong (1) / right (0)",
-            "seg_energy": "KL (nats)",
-            "depth_energy": f"|seg2depth - depth| ({depth_units})"}[name]
+    legacy = {"depth_target": depth_units, "depth": depth_units, "seg2depth": depth_units,
+              "abs_err": f"|error| ({depth_units})", "seg_err": "wrong (1) / right (0)",
+              "seg_energy": "KL (nats)",
+              "depth_energy": f"|seg2depth - depth| ({depth_units})"}
+    task, role = _parse(name)
+    if task is None or task not in TASKS:
+        return legacy.get(name, "")
+    spec = TASKS.get(task)
+    text = ""
+    if role in ("target", "direct", "transferred"):
+        text = depth_units if VALUE_KINDS.get(task) == "depth" else ""
+    elif role == "error":
+        text = legacy.get(name) or spec.error_unit
+    elif role == "energy":
+        edges = list(incoming) if incoming is not None else None
+        if task == "depth" and (edges is None or len(edges) == 1):
+            text = f"|{edges[0] if edges else 'seg2depth'} - depth| ({depth_units})"
+        else:
+            text = spec.energy_unit or "energy"  # the title says "mean of k transfers"
+    return text.replace("depth unit", depth_units)
+
+
+def _parse(name: str) -> tuple[Optional[str], str]:
+    """(task, role) of a panel name: ``seg_target`` -> (seg, target), ``abs_err`` ->
+    (depth, error), ``seg2depth`` -> (depth, transferred), ``image`` -> (None, image)."""
+    if name == "image":
+        return None, "image"
+    for task, panel in ERROR_PANELS.items():
+        if name == panel:
+            return task, "error"
+    for suffix, role in (("_target", "target"), ("_err", "error"), ("_energy", "energy")):
+        if name.endswith(suffix) and name[:-len(suffix)] in TASKS:
+            return name[:-len(suffix)], role
+    if name in TASKS:
+        return name, "direct"
+    try:
+        source, target = split_edge(name)
+    except ValueError:
+        return None, ""
+    return (target, "transferred") if source in TASKS and target in TASKS else (None, "")
 
 
 def resolve_run(run_dir: str | Path) -> Path:
@@ -158,95 +241,248 @@ def _checkpoint_path(run_dir: Path, which: str) -> Path:
     return path
 
 
+# --------------------------------------------------------------------------- panels
+def _overrides(spec: Task, method: str) -> bool:
+    """Whether the task implements ``method`` (the base class raises NotImplementedError)."""
+    return getattr(type(spec), method) is not getattr(Task, method)
+
+
+def _edges(run) -> list[tuple[str, str, str]]:
+    """(name, source, target) of every transfer net of the run (none without them)."""
+    model = run.model
+    return list(getattr(model, "edges", [])) if getattr(model, "transfer", None) is not None else []
+
+
+def incoming(run, task: str) -> list[str]:
+    """The edges ``<a>2<task>`` of the run, in the model's edge order."""
+    return [name for name, _, target in _edges(run) if target == task]
+
+
+def panel_specs(run, depth_units: Optional[str] = None) -> dict[str, Panel]:
+    """Every panel the run can show, in :func:`panel_names` order, with kind, task, title
+    and colour-bar unit (``depth_units`` default: the test split's)."""
+    if depth_units is None:
+        depth_units = run.dataset("test").depth_units
+    tasks = list(run.model.tasks)
+    specs = _task_specs(run)
+    panels = [Panel("image", "rgb", None, "image", role="image")]
+    for t in tasks:
+        kind = VALUE_KINDS.get(t, "draw")
+        unit = units(t, depth_units)
+        panels.append(Panel(f"{t}_target", kind, t, TITLES.get(f"{t}_target", f"GT {t}"),
+                            unit, "target"))
+        panels.append(Panel(t, kind, t, f"direct {t}", unit, "direct"))
+        for name in incoming(run, t):
+            panels.append(Panel(name, kind, t, f"transferred {t} ({name})", unit,
+                                "transferred"))
+    errors = [t for t in tasks if _overrides(specs[t], "error_map")]
+    errors.sort(key=lambda t: ({"depth": 0, "seg": 1}.get(t, 2), tasks.index(t)))
+    for t in errors:
+        name = error_panel(t)
+        title = TITLES.get(name, "normal angle error" if t == "normal" else f"{t} error")
+        panels.append(Panel(name, "error", t, title, units(name, depth_units), "error"))
+    for t in tasks:
+        edges = incoming(run, t)
+        if not edges:
+            continue
+        name = f"{t}_energy"
+        if len(edges) > 1:
+            title = f"{t} energy (mean of {len(edges)} transfers)"
+        elif t == "seg":
+            title = TITLES["seg_energy"]
+        elif t == "depth":
+            title = f"depth energy |{edges[0]}-depth|"
+        else:
+            title = f"{t} energy ({edges[0]})"
+        panels.append(Panel(name, "energy", t, title, units(name, depth_units, edges),
+                            "energy"))
+    return {p.name: p for p in panels}
+
+
 def panel_names(run: LoadedRun) -> list[str]:
-    """The panels :func:`render` draws for this run (transferred ones only for ``xtc``)."""
-    have = {"seg", "depth"} & set(run.model.tasks)
-    if run.model.transfer is not None:
-        have |= {"seg2depth", "depth2seg"}
-    return [name for name, (_, needs) in PANELS.items() if needs <= have]
+    """The panels :func:`render` draws for this run: the image; per task its GT, direct and
+    transferred predictions (``<a>2<t>`` only for ``xtc``); the error maps; the energy maps
+    (``xtc``). Two tasks: the eleven panels of :data:`PANELS`, in that order."""
+    return list(panel_specs(run, depth_units="depth unit"))
+
+
+def prediction_panels(run: LoadedRun) -> list[str]:
+    """The image and every task's GT, direct and transferred predictions, without error and
+    energy maps (what a training report's gallery shows); for two tasks the panels of
+    :data:`PREDICTION_PANELS` the run has."""
+    return [n for n, p in panel_specs(run, depth_units="depth unit").items()
+            if p.role in ("image", "target", "direct", "transferred")]
+
+
+def _task_specs(run) -> dict[str, Task]:
+    """The run's Task instances (the model's, else fresh ones with its class count)."""
+    specs = getattr(run.model, "specs", None)
+    return dict(specs) if specs else {t: TASKS.get(t)(run.num_classes) for t in run.model.tasks}
+
+
+def _valid_map(task: str, spec: Task, batch: dict) -> Optional[torch.Tensor]:
+    """(H,W) bool of the first item: the task's valid pixels (``Task.valid``; depth also
+    needs a positive target, as its error map does); None: every pixel."""
+    valid = spec.valid(batch)
+    if task == "depth" and "depth_target" in batch:
+        positive = batch["depth_target"] > 0
+        valid = positive if valid is None else valid.bool() & positive
+    return None if valid is None else valid.reshape(valid.shape[0], *valid.shape[-2:])[0].bool()
+
+
+def _value_map(kind: str, spec: Task, value: torch.Tensor,
+               valid: Optional[torch.Tensor]) -> np.ndarray:
+    """One prediction or target (no batch dim) as the panel's numpy map: seg labels (-1
+    ignore), depth (H,W) float (NaN invalid), normals (H,W,3) unit vectors (NaN invalid),
+    other tasks their ``Task.draw`` RGB (H,W,3) in [0,1] (invalid black)."""
+    ok = None if valid is None else valid.numpy()
+    if kind == "seg":
+        labels = value.argmax(0) if value.is_floating_point() else value
+        return labels.numpy()
+    if kind == "depth":
+        depth = value.reshape(value.shape[-2:]).float().numpy()
+        return depth if ok is None else np.where(ok, depth, np.nan)
+    if kind == "normal":
+        n = torch.nn.functional.normalize(value.float(), dim=0, eps=1e-12).permute(1, 2, 0).numpy()
+        return n if ok is None else np.where(ok[..., None], n, np.nan)
+    try:
+        return np.asarray(spec.draw(value, valid), dtype=float)
+    except NotImplementedError:  # a task without a drawing: its first channel as a heat map
+        from xtc.tasks import heat
+
+        return heat(value.reshape(-1, *value.shape[-2:])[0].float(), valid)
 
 
 @torch.no_grad()
 def predict(run: LoadedRun, split: str, index: int) -> dict[str, np.ndarray]:
-    """Panel name -> 2-D map (``image``: ``(H,W,3)`` uint8, seg panels: labels, depth-like
-    panels: float with NaN where the target is invalid or ignored)."""
+    """Panel name -> map for every :func:`panel_names` panel: ``image`` ``(H,W,3)`` uint8,
+    seg panels labels (-1 ignore), depth-like panels ``(H,W)`` float (NaN where the target
+    is invalid), normal panels ``(H,W,3)`` unit vectors (NaN where invalid), error and
+    energy maps ``(H,W)`` float (errors NaN where the task has no ground truth; units:
+    :func:`units`)."""
     dataset = run.dataset(split)
     if not 0 <= index < len(dataset):
         raise IndexError(f"index {index} is out of range for the {split} split "
                          f"({len(dataset)} samples)")
     item = dataset[index]
+    batch = {k: v[None] for k, v in item.items() if torch.is_tensor(v)}
     out = {k: v.float() for k, v in run.model(item["image"][None]).items()}
-    mask = item["depth_mask"][0].numpy()
-    seg_t = item["seg_target"].numpy()
+    specs = _task_specs(run)
+    panels = panel_specs(run, depth_units=dataset.depth_units)
     maps: dict[str, np.ndarray] = {
-        "image": (item["image"].permute(1, 2, 0).clamp(0, 1).numpy() * 255).astype(np.uint8),
-        "seg_target": seg_t, "depth_target": np.where(mask, item["depth_target"][0].numpy(),
-                                                      np.nan)}
-    if "seg" in out:
-        maps["seg"] = out["seg"][0].argmax(0).numpy()
-        maps["seg_err"] = np.where(seg_t >= 0, (maps["seg"] != seg_t).astype(float), np.nan)
-    if "depth" in out:
-        maps["depth"] = out["depth"][0, 0].numpy()
-        maps["abs_err"] = np.where(mask, np.abs(maps["depth"] - maps["depth_target"]), np.nan)
-    if "depth2seg" in out:
-        maps["depth2seg"] = out["depth2seg"][0].argmax(0).numpy()
-        maps["seg2depth"] = out["seg2depth"][0, 0].numpy()
-        energy = consistency_energy_maps(out)
-        maps["seg_energy"], maps["depth_energy"] = (energy["seg"][0].numpy(),
-                                                    energy["depth"][0].numpy())
-    return {name: maps[name] for name in panel_names(run)}
+        "image": (item["image"].permute(1, 2, 0).clamp(0, 1).numpy() * 255).astype(np.uint8)}
+    energy = consistency_energy_maps(out) if any(p.role == "energy" for p in panels.values()) \
+        else {}
+    for name, panel in panels.items():
+        t = panel.task
+        if panel.role == "target":
+            valid = _valid_map(t, specs[t], batch)
+            maps[name] = _value_map(panel.kind, specs[t], specs[t].target(batch)[0], valid)
+        elif panel.role in ("direct", "transferred"):
+            maps[name] = _value_map(panel.kind, specs[t], out[name][0], None)
+        elif panel.role == "error":
+            valid = _valid_map(t, specs[t], batch)
+            err = specs[t].error_map(out[t], batch)[0].float().numpy()
+            maps[name] = err if valid is None else np.where(valid.numpy(), err, np.nan)
+        elif panel.role == "energy":
+            maps[name] = energy[t][0].numpy()
+    return maps
+
+
+def _layout(run, names: Sequence[str], columns: int) -> list[list[Optional[str]]]:
+    """Rows of panel names (None: an empty cell). Up to two tasks: ``names`` in reading
+    order, ``columns`` per row; more tasks: one row per task (its GT, direct, transferred,
+    error and energy panels), the image first in the first row."""
+    tasks = list(run.model.tasks)
+    if len(tasks) <= 2:
+        return [list(names[i:i + columns]) for i in range(0, len(names), columns)]
+    panels = panel_specs(run, depth_units="depth unit")
+    rows = [[n for n in names if n in panels and panels[n].task == t] for t in tasks]
+    rows = [r for r in rows if r]
+    lead = [n for n in names if n in panels and panels[n].task is None]
+    width = max((len(r) for r in rows), default=0) + bool(lead)
+    grid = []
+    for i, row in enumerate(rows):
+        first = (lead[:1] if i == 0 else [None]) if lead else []
+        cells = first + row
+        grid.append(cells + [None] * (width - len(cells)))
+    if not rows and lead:
+        grid = [lead]
+    return grid
 
 
 def render(run: LoadedRun, split: str = "test", index: int = 0, columns: int = 4):
-    """One sample of ``run`` as a plotly Figure with one subplot per :func:`panel_names`.
+    """One sample of ``run`` as a plotly Figure with one subplot per :func:`panel_names`
+    (more than two tasks: one row per task, see :func:`_layout`).
 
     Seg panels use the dataset palette (hover shows the class; the title carries the class
     legend), depth panels share one colour scale with a colour bar in the dataset's depth
-    units, errors and energies have their own scales and colour bars (see :func:`units`).
-    Hover shows each value with its unit.
+    units, errors and energies have their own scales and colour bars (see :func:`units`),
+    normals are RGB (n + 1) / 2 with the vector on hover. Hover shows each value with its
+    unit.
     """
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
     maps = predict(run, split, index)
-    names = list(maps)
-    rows = -(-len(names) // columns)
-    fig = make_subplots(rows=rows, cols=columns, subplot_titles=[TITLES[n] for n in names],
-                        horizontal_spacing=0.09, vertical_spacing=0.08)
     dataset = run.dataset(split)
     depth_units = dataset.depth_units
-    depth_range = _range([maps[n] for n in names if PANELS[n][0] == "depth"])
+    panels = panel_specs(run, depth_units)
+    names = list(maps)
+    grid = _layout(run, names, columns)
+    rows, cols = len(grid), max(len(r) for r in grid)
+    titles = [panels[n].title if n else "" for row in grid for n in row + [None] * (cols - len(row))]
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles,
+                        horizontal_spacing=0.09 if cols <= 4 else 0.36 / cols,
+                        vertical_spacing=0.08 if rows <= 3 else 0.24 / rows)
+    fig.layout.annotations = [a for a in fig.layout.annotations if a.text]
+    depth_range = _range([maps[n] for n in names if panels[n].kind == "depth"])
     where = "(%{x}, %{y}) "
-    for i, name in enumerate(names):
-        kind, row, col = PANELS[name][0], i // columns + 1, i % columns + 1
-        value = maps[name]
-        extra = f"<extra>{TITLES[name]}</extra>"
-        if kind == "rgb":
-            trace = go.Image(z=value, name=name, hovertemplate=where + "rgb %{z}" + extra)
-        elif kind == "seg":
-            trace = go.Image(z=colorize_seg(value, run.num_classes), name=name,
-                             customdata=np.asarray(dataset.class_names + ["ignore"])[value],
-                             hovertemplate=where + "%{customdata}" + extra)
-        else:
-            zmin, zmax = depth_range if kind == "depth" else _range([value])
-            unit = units(name, depth_units)
-            xd, yd = _domain(fig, i + 1)
-            trace = go.Heatmap(
-                z=value, name=name, zmin=zmin, zmax=zmax, colorscale=_plotly_scale(CMAPS[kind]),
-                hovertemplate=where + "%{z:.4g} " + unit + extra,
-                colorbar=dict(title=dict(text=unit, side="right", font=dict(size=10)),
-                              x=xd[1] + 0.005, xanchor="left", y=sum(yd) / 2, len=yd[1] - yd[0],
-                              thickness=10, tickfont=dict(size=9)))
-        fig.add_trace(trace, row=row, col=col)
+    for r, row in enumerate(grid):
+        for c, name in enumerate(row):
+            if name is None:
+                continue
+            panel, value = panels[name], maps[name]
+            cell = r * cols + c + 1
+            extra = f"<extra>{panel.title}</extra>"
+            if panel.kind == "rgb":
+                trace = go.Image(z=value, name=name, hovertemplate=where + "rgb %{z}" + extra)
+            elif panel.kind == "seg":
+                trace = go.Image(z=colorize_seg(value, run.num_classes), name=name,
+                                 customdata=np.asarray(dataset.class_names + ["ignore"])[value],
+                                 hovertemplate=where + "%{customdata}" + extra)
+            elif panel.kind == "normal":
+                text = np.array([[("n = ({:.2f}, {:.2f}, {:.2f})".format(*v)
+                                   if np.isfinite(v).all() else "no ground truth") for v in line]
+                                 for line in value], dtype=object)
+                trace = go.Image(z=_normal_rgb(value), name=name, customdata=text,
+                                 hovertemplate=where + "%{customdata}" + extra)
+            elif panel.kind == "draw":
+                trace = go.Image(z=(np.clip(value, 0, 1) * 255).astype(np.uint8), name=name,
+                                 hovertemplate=where + "rgb %{z}" + extra)
+            else:
+                zmin, zmax = depth_range if panel.kind == "depth" else _range([value])
+                unit = panel.unit
+                xd, yd = _domain(fig, cell)
+                trace = go.Heatmap(
+                    z=value, name=name, zmin=zmin, zmax=zmax,
+                    colorscale=_plotly_scale(CMAPS[panel.kind]),
+                    hovertemplate=where + "%{z:.4g} " + unit + extra,
+                    colorbar=dict(title=dict(text=unit, side="right", font=dict(size=10)),
+                                  x=xd[1] + 0.005, xanchor="left", y=sum(yd) / 2,
+                                  len=yd[1] - yd[0], thickness=10, tickfont=dict(size=9)))
+            fig.add_trace(trace, row=r + 1, col=c + 1)
     fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False, constrain="domain")
     fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False, autorange="reversed",
                      constrain="domain")
-    for i in range(1, len(names) + 1):  # keep pixels square
+    for i in range(1, rows * cols + 1):  # keep pixels square
         fig.layout[f"yaxis{i if i > 1 else ''}"].scaleanchor = f"x{i if i > 1 else ''}"
     title = f"{run.label} · {split} #{index} · depth in {depth_units}"
-    if any(PANELS[n][0] == "seg" for n in names):
+    if any(panels[n].kind == "normal" for n in names):
+        title += f" · normals as {NORMAL_RGB}"
+    if any(panels[n].kind == "seg" for n in names):
         title += f"<br><sup>{class_legend(run, dataset)}</sup>"
-    fig.update_layout(title=title, height=260 * rows + 90, width=1150,
+    fig.update_layout(title=title, height=260 * rows + 90, width=max(1150, 215 * cols + 160),
                       plot_bgcolor="lightgrey",  # NaN (invalid / ignored) shows grey, as in 04
                       margin=dict(l=10, r=10, t=90, b=10))
     return fig
@@ -263,45 +499,71 @@ def class_legend(run: LoadedRun, dataset=None) -> str:
 
 PREDICTION_PANELS = ("image", "seg_target", "seg", "depth2seg", "depth_target", "depth",
                      "seg2depth")  # direct and transferred predictions, without error maps
+# (two tasks; static_gallery(panels=PREDICTION_PANELS) shows prediction_panels(run), so a
+# three-task run's gallery gets its normal panels and all six transfers too)
 
 
 def static_gallery(run: LoadedRun, split: str = "test", indices: Sequence[int] = (0, 1, 2),
                    panels: Optional[Sequence[str]] = None):
-    """Several samples as one matplotlib figure (rows = samples, columns = panels): what a
-    headless run (papermill, reports) keeps in place of the interactive explorer. Heat-map
-    titles carry their units (:func:`units`); the class legend sits under the figure.
-    ``panels``: a subset of :func:`panel_names` (e.g. :data:`PREDICTION_PANELS`), default all;
-    panels the run does not have are left out."""
+    """Several samples as one matplotlib figure: what a headless run (papermill, reports)
+    keeps in place of the interactive explorer. Up to two tasks: rows = samples, columns =
+    panels; more tasks: one row per (sample, task), see :func:`_layout`. Heat-map titles
+    carry their units (:func:`units`); the class legend sits under the figure.
+
+    ``panels``: a subset of :func:`panel_names`, default all; panels the run does not have
+    are left out. :data:`PREDICTION_PANELS` means :func:`prediction_panels` (the
+    predictions of every task the run has, without error and energy maps)."""
     from matplotlib.patches import Patch
 
+    if panels is not None and tuple(panels) == PREDICTION_PANELS:
+        panels = prediction_panels(run)
     names = [n for n in panel_names(run) if panels is None or n in panels]
     dataset = run.dataset(split)
+    specs = panel_specs(run, dataset.depth_units)
+    grid = _layout(run, names, len(names))
+    per_sample, cols = len(grid), max(len(r) for r in grid)
+    by_task = len(run.model.tasks) > 2
     aspect = run.config.data.height / run.config.data.width  # rows as tall as the images
-    fig = figure((2.1 * len(names), (2.1 * aspect + 0.35) * len(indices) + 1.1))
-    axes = fig.subplots(len(indices), len(names), squeeze=False)
-    for r, index in enumerate(indices):
+    title_h = 0.45 if by_task else 0.35  # every row carries titles when rows are tasks
+    fig = figure((2.1 * cols, (2.1 * aspect + title_h) * len(indices) * per_sample + 1.1))
+    axes = fig.subplots(len(indices) * per_sample, cols, squeeze=False)
+    for s, index in enumerate(indices):
         maps = predict(run, split, index)
-        depth_range = _range([maps[n] for n in names if PANELS[n][0] == "depth"])
-        for ax, name in zip(axes[r], names):
-            kind, value = PANELS[name][0], maps[name]
-            if kind in ("rgb", "seg"):
-                ax.imshow(value if kind == "rgb" else colorize_seg(value, run.num_classes))
-            else:
-                vmin, vmax = depth_range if kind == "depth" else _range([value])
-                ax.imshow(value, vmin=vmin, vmax=vmax, cmap=CMAPS[kind])
-            ax.set_axis_off()
-            if r == 0:
-                unit = "" if kind in ("rgb", "seg") else f"\n[{units(name, dataset.depth_units)}]"
-                ax.set_title(TITLES[name] + unit, fontsize=6)
-        axes[r][0].text(-0.1, 0.5, f"#{index}", transform=axes[r][0].transAxes, ha="right")
+        depth_range = _range([maps[n] for n in names if specs[n].kind == "depth"])
+        for g, row in enumerate(grid):
+            r = s * per_sample + g
+            for c in range(cols):
+                ax = axes[r][c]
+                ax.set_axis_off()
+                name = row[c] if c < len(row) else None
+                if name is None:
+                    continue
+                panel, value = specs[name], maps[name]
+                if panel.kind in ("rgb", "seg", "normal", "draw"):
+                    ax.imshow(value if panel.kind == "rgb" else
+                              colorize_seg(value, run.num_classes) if panel.kind == "seg" else
+                              _normal_rgb(value) if panel.kind == "normal" else
+                              np.clip(value, 0, 1))
+                else:
+                    vmin, vmax = depth_range if panel.kind == "depth" else _range([value])
+                    ax.imshow(value, vmin=vmin, vmax=vmax, cmap=CMAPS[panel.kind])
+                if r == 0 or by_task:
+                    unit = f"\n[{panel.unit}]" if panel.unit else ""
+                    ax.set_title(panel.title + unit, fontsize=6)
+        axes[s * per_sample][0].text(-0.1, 0.5, f"#{index}", transform=axes[s * per_sample][0].transAxes,
+                                     ha="right")
     palette = seg_palette(run.num_classes) / 255
     fig.legend(handles=[Patch(color=c, label=n) for n, c in zip(dataset.class_names, palette)],
                loc="lower center", ncol=min(len(dataset.class_names), 10), fontsize=7,
                frameon=False)
-    fig.suptitle(f"{run.label} · {split} · depth in {dataset.depth_units}", fontsize=9)
+    title = f"{run.label} · {split} · depth in {dataset.depth_units}"
+    if any(specs[n].kind == "normal" for n in names):
+        title += f" · normals as {NORMAL_RGB}"
+    fig.suptitle(title, fontsize=9)
     height = fig.get_figheight()  # margins in inches: the legend below, titles above
-    fig.subplots_adjust(left=0.04, right=0.99, bottom=0.5 / height, top=1 - 0.6 / height,
-                        wspace=0.05, hspace=0.15)
+    fig.subplots_adjust(left=0.04, right=0.99, bottom=0.5 / height,
+                        top=1 - (0.85 if by_task else 0.6) / height,
+                        wspace=0.05, hspace=0.45 if by_task else 0.15)
     return fig
 
 
@@ -401,3 +663,4 @@ def _plotly_scale(cmap: str, steps: int = 11) -> list:
     colours = colormaps[cmap](np.linspace(0, 1, steps))[:, :3] * 255
     return [[float(t), "rgb({:.0f},{:.0f},{:.0f})".format(*c)]
             for t, c in zip(np.linspace(0, 1, steps), colours)]
+

@@ -1,5 +1,7 @@
 """Figures for :mod:`xtc.landscape`: 1-D curves and 2-D contours (matplotlib, for reports),
-3-D surfaces (plotly ``go.Surface``, interactive), and small HTML tables.
+3-D surfaces (plotly ``go.Surface``, interactive), and small HTML tables. One panel per loss
+term the criterion returned, for any task set (every ``<task>``, every edge ``<a>2<b>`` and
+``total``, ordered by :func:`term_order`).
 
 matplotlib, plotly and IPython are imported inside the functions. Matplotlib figures are
 closed before they are returned, so a notebook cell that ends with the call shows them once.
@@ -19,11 +21,36 @@ from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
 
+from xtc.landscape import term_order  # noqa: F401  (re-exported: plots and notebooks)
 from xtc.viz.plots import figure
 from xtc.viz.plots import finish as _finish
 from xtc.viz.tables import table  # noqa: F401  (notebooks call landscape_plots.table)
 
-TERM_ORDER = ("seg", "depth", "seg2depth", "depth2seg", "total")
+TERM_ORDER = ("seg", "depth", "seg2depth", "depth2seg", "total")  # the two-task terms
+
+
+def term_label(term: str, sep: str = "\n") -> str:
+    """Words for a loss term on a plot, the term then what it is (``sep`` between them):
+    ``"seg\n(cross-entropy (nats))"``, ``"seg2depth\n(transferred → depth)"``,
+    ``"total\n(fixed weights)"``.
+
+    >>> term_label("normal2depth", " ")
+    'normal2depth (transferred → depth)'
+    """
+    from xtc.tasks import TASKS, split_edge
+
+    what = ""
+    if term == "total":
+        what = "fixed weights"
+    elif term in TASKS:
+        what = TASKS.get(term).loss_term_unit
+    else:
+        try:
+            a, b = split_edge(term)
+            what = f"transferred → {b}" if a in TASKS and b in TASKS else ""
+        except ValueError:
+            pass
+    return f"{term}{sep}({what})" if what else term
 
 
 def _terms(landscapes: Mapping, terms: Optional[Sequence[str]]) -> list[str]:
@@ -31,9 +58,9 @@ def _terms(landscapes: Mapping, terms: Optional[Sequence[str]]) -> list[str]:
     if terms is not None:
         missing = [t for t in terms if t not in present]
         if missing:
-            raise ValueError(f"terms {missing} were not computed; available: {sorted(present)}")
+            raise ValueError(f"terms {missing} were not computed; available: {term_order(present)}")
         return list(terms)
-    return [t for t in TERM_ORDER if t in present] + sorted(present - set(TERM_ORDER))
+    return term_order(present)
 
 
 def _as_mapping(landscapes) -> dict:
@@ -55,8 +82,8 @@ def plot_curves(curves, terms: Optional[Sequence[str]] = None,
                 ax.plot(curve.alpha, curve.losses[term], marker="o", ms=3, label=label or None)
         for a in (0.0, 1.0):
             ax.axvline(a, color="grey", lw=0.8, ls=":")
-        ax.set(title=term, xlabel="alpha")
-    axes[0][0].set_ylabel("loss")
+        ax.set(title=term_label(term), xlabel="alpha (0: run a, 1: run b)", ylabel="loss")
+        ax.title.set_fontsize(8)
     if any(curves):
         axes[0][-1].legend(fontsize=7)
     return _finish(fig, path)
@@ -83,13 +110,14 @@ def plot_contours(surfaces, terms: Optional[Sequence[str]] = None, levels: int =
             ax.contour(surf.x, surf.y, z, levels=lv, norm=norm, colors="k", linewidths=0.3)
             ax.plot([0], [0], "r+", ms=8)
             bar = fig.colorbar(filled, ax=ax, shrink=0.8, format="%.3g")
+            bar.set_label("loss", fontsize=7)
             bar.ax.tick_params(labelsize=7)
             bar.ax.yaxis.set_minor_formatter("")  # log levels: no crowded minor labels
-            ax.set_title(term, fontsize=9)
+            ax.set_title(term_label(term), fontsize=8)
             ax.set_aspect("equal")
             ax.tick_params(labelsize=7)
-            if term == terms[0] and label:
-                ax.set_ylabel(label, fontsize=8)
+            ax.set_xlabel("x (filter-normalised step)", fontsize=7)
+            ax.set_ylabel(f"{label}: y" if term == terms[0] and label else "y", fontsize=7)
     return _finish(fig, path)
 
 
@@ -101,7 +129,8 @@ def surface_figure(surfaces, terms: Optional[Sequence[str]] = ("total",)):
 
     surfaces = _as_mapping(surfaces)
     terms = _terms(surfaces, terms)
-    titles = [f"{label}: {term}" if label else term for term in terms for label in surfaces]
+    titles = [f"{label}: {term_label(term, ' ')}" if label else term_label(term, " ")
+              for term in terms for label in surfaces]
     fig = make_subplots(rows=len(terms), cols=len(surfaces), subplot_titles=titles,
                         specs=[[{"type": "surface"}] * len(surfaces)] * len(terms),
                         horizontal_spacing=0.02, vertical_spacing=0.05)
@@ -109,7 +138,10 @@ def surface_figure(surfaces, terms: Optional[Sequence[str]] = ("total",)):
         for c, surf in enumerate(surfaces.values(), start=1):
             if term in surf.losses:
                 fig.add_trace(go.Surface(x=surf.x, y=surf.y, z=surf.losses[term],
-                                         colorscale="Viridis", showscale=False), row=r, col=c)
+                                         colorscale="Viridis", showscale=False,
+                                         hovertemplate="x %{x:.3g}, y %{y:.3g}: loss %{z:.4g}"
+                                                       f"<extra>{term}</extra>"), row=r, col=c)
+    fig.update_scenes(xaxis_title="x", yaxis_title="y", zaxis_title="loss")
     fig.update_layout(height=380 * len(terms), width=420 * len(surfaces) + 40,
                       margin=dict(l=10, r=10, t=40, b=10))
     return fig

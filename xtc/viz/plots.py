@@ -4,7 +4,10 @@ Every ``show_*`` / ``plot_*`` function returns a ``matplotlib.figure.Figure`` (a
 displays it as the cell's result; a script can ``savefig`` it). matplotlib is imported inside
 the functions, so ``import xtc.viz`` stays light. Segmentation colours follow the Cityscapes
 category palette for 7 classes and matplotlib's ``tab20`` otherwise; ``-1`` (ignore) is black.
-Depth is drawn in the dataset's units (``dataset.depth_units``).
+Depth is drawn in the dataset's units (``dataset.depth_units``); surface normals as RGB =
+(n + 1) / 2 (red = right, green = up, blue = toward the camera), invalid pixels black; any
+other registered task by its ``Task.draw``. Which tasks a figure shows comes from the task
+registry (:data:`xtc.tasks.TASKS`) and what the dataset or model has, never a fixed list.
 """
 
 from __future__ import annotations
@@ -47,49 +50,104 @@ def colorize_seg(labels: Any, num_classes: Optional[int] = None) -> np.ndarray:
     return palette[np.where(labels < 0, num_classes, labels)]
 
 
-def show_samples(dataset, n: int = 4, indices: Optional[Sequence[int]] = None):
-    """``n`` items of ``dataset`` as rows: image, segmentation target, depth target."""
+NORMAL_LEGEND = "normals as RGB = (n+1)/2: red = right, green = up, blue = toward the camera"
+
+
+def sample_tasks(dataset, tasks: Optional[Sequence[str]] = None) -> list[str]:
+    """The tasks whose targets ``dataset``'s items hold (``dataset.tasks`` when it declares
+    them, else every registered task, kept when its ``batch_keys`` are all in an item), in
+    registry order; ``tasks`` restricts them."""
+    from xtc.tasks import TASKS
+
+    declared = getattr(dataset, "tasks", None) or TASKS.in_order()
+    keys = set(dataset[0]) if len(dataset) else set()
+    have = [t for t in TASKS.in_order() if t in declared
+            and set(TASKS.get(t).batch_keys) <= keys]
+    return [t for t in have if tasks is None or t in tasks]
+
+
+def show_samples(dataset, n: int = 4, indices: Optional[Sequence[int]] = None,
+                 tasks: Optional[Sequence[str]] = None):
+    """``n`` items of ``dataset`` as rows: the image, then every task's target the items hold
+    (:func:`sample_tasks`: segmentation, depth in ``dataset.depth_units``, surface normals
+    as RGB with invalid pixels black when the dataset has ``normal_target``); ``tasks``
+    restricts the columns."""
+    from xtc.tasks import TASKS
+
     indices = list(indices) if indices is not None else list(range(min(n, len(dataset))))
-    fig = figure((9, 2.4 * len(indices)))
-    axes = fig.subplots(len(indices), 3, squeeze=False)
+    shown = sample_tasks(dataset, tasks)
+    fig = figure((3.0 * (1 + len(shown)), 2.4 * len(indices)))
+    axes = fig.subplots(len(indices), 1 + len(shown), squeeze=False)
     for row, index in zip(axes, indices):
         item = dataset[index]
         _image(row[0], _rgb(item["image"]), f"image #{index}")
-        _image(row[1], colorize_seg(item["seg_target"], dataset.num_classes), "seg_target")
-        _depth(row[2], item["depth_target"][0], item["depth_mask"][0],
-               f"depth_target ({dataset.depth_units})")
-    _legend(fig, dataset.class_names)
+        for ax, task in zip(row[1:], shown):
+            if task == "seg":
+                _image(ax, colorize_seg(item["seg_target"], dataset.num_classes), "seg_target")
+            elif task == "depth":
+                _depth(ax, item["depth_target"][0], item["depth_mask"][0],
+                       f"depth_target ({dataset.depth_units})")
+            elif task == "normal":
+                _image(ax, normal_rgb(item["normal_target"], item.get("normal_mask")),
+                       "normal_target (RGB = (n+1)/2)")
+            else:
+                spec = TASKS.get(task)(dataset.num_classes)
+                batch = {k: v[None] for k, v in item.items() if torch.is_tensor(v)}
+                valid = spec.valid(batch)
+                _image(ax, _draw(spec, spec.target(batch)[0],
+                                 None if valid is None else valid[0]), f"{task} target")
+    _legend(fig, dataset.class_names if "seg" in shown else None,
+            NORMAL_LEGEND if "normal" in shown else None)
     fig.tight_layout()
     return fig
 
 
 @torch.no_grad()
 def show_predictions(model, dataset, indices: Sequence[int] = (0, 1, 2), device: str = "cpu"):
-    """Rows of image, GT and predicted segmentation and depth; for an ``xtc`` model also
-    the transferred predictions ``depth2seg`` and ``seg2depth``."""
+    """Rows of the image and, for every task of the model (``model.tasks``), its GT, the
+    direct prediction and, for an ``xtc`` model, every transferred prediction ``<a>2<task>``
+    into it (two tasks: GT seg, seg, ``depth2seg``, GT depth, depth, ``seg2depth``).
+    Normals are RGB (n + 1) / 2, the GT's invalid pixels black."""
+    from xtc.tasks import TASKS, split_edge
+
     model = model.to(device).eval()
     batch = torch.stack([dataset[i]["image"] for i in indices]).to(device)
     out = {k: v.float().cpu() for k, v in model(batch).items()}
+    tasks = [t for t in getattr(model, "tasks", ("seg", "depth")) if t in out]
+    edges = [k for k in out if k not in tasks and _is_edge(k)]
     cols = ["image"]
-    if "seg" in out:
-        cols += ["seg_target", "seg"] + (["depth2seg"] if "depth2seg" in out else [])
-    if "depth" in out:
-        cols += ["depth_target", "depth"] + (["seg2depth"] if "seg2depth" in out else [])
+    for task in tasks:
+        cols += [f"{task}_target", task] + [e for e in edges if split_edge(e)[1] == task]
     fig = figure((2.3 * len(cols), 2.2 * len(indices)))
     axes = fig.subplots(len(indices), len(cols), squeeze=False)
+    specs = {t: TASKS.get(t)(getattr(model, "num_classes", 0)) for t in tasks}
     for r, index in enumerate(indices):
         item = dataset[index]
         for ax, col in zip(axes[r], cols):
             if col == "image":
                 _image(ax, _rgb(item["image"]), f"image #{index}")
-            elif col in ("seg_target", "seg", "depth2seg"):
-                labels = item["seg_target"] if col == "seg_target" else out[col][r]
+                continue
+            target = col.endswith("_target")
+            task = col[:-len("_target")] if target else (col if col in tasks
+                                                         else split_edge(col)[1])
+            if task == "seg":
+                labels = item["seg_target"] if target else out[col][r]
                 _image(ax, colorize_seg(labels, model.num_classes), col)
-            else:
+            elif task == "depth":
                 mask = item["depth_mask"][0]
-                value = item["depth_target"][0] if col == "depth_target" else out[col][r, 0]
-                _depth(ax, value, mask if col == "depth_target" else None, col)
-    _legend(fig, getattr(dataset, "class_names", None))
+                value = item["depth_target"][0] if target else out[col][r, 0]
+                _depth(ax, value, mask if target else None, col)
+            elif task == "normal":
+                value = item["normal_target"] if target else out[col][r]
+                _image(ax, normal_rgb(value, item.get("normal_mask") if target else None), col)
+            else:
+                spec = specs[task]
+                one = {k: v[None] for k, v in item.items() if torch.is_tensor(v)}
+                valid = spec.valid(one) if target else None
+                value = spec.target(one)[0] if target else out[col][r]
+                _image(ax, _draw(spec, value, None if valid is None else valid[0]), col)
+    _legend(fig, getattr(dataset, "class_names", None) if "seg" in tasks else None,
+            NORMAL_LEGEND if "normal" in tasks else None)
     fig.tight_layout()
     return fig
 
@@ -115,7 +173,8 @@ def plot_history(history: list, keys: Optional[Iterable[str]] = None):
     return fig
 
 
-# what each task's panels show: (task, train loss terms, eval metrics), in reading order
+# the two-task panels of plot_task_curves (task, train loss terms, eval metrics); any task
+# set: task_curves(history), read from the task registry
 TASK_CURVES = (
     ("segmentation", ("seg", "depth2seg"), ("miou", "pixel_acc")),
     ("depth", ("depth", "seg2depth"), ("abs_err", "rel_err")),
@@ -123,42 +182,114 @@ TASK_CURVES = (
 LOSS_NAMES = {"seg": "seg (cross-entropy)", "depth": "depth (L1)",
               "depth2seg": "depth2seg (transferred → seg)",
               "seg2depth": "seg2depth (transferred → depth)", "total": "total (weighted)"}
+TASK_TITLES = {"seg": "segmentation"}  # column titles; other tasks: Task.title
+
+
+def loss_name(term: str) -> str:
+    """Words for a loss term: ``"seg (cross-entropy)"``, ``"normal (1 - cos)"``,
+    ``"normal2depth (transferred → depth)"``.
+
+    >>> loss_name("seg2normal")
+    'seg2normal (transferred → normal)'
+    """
+    from xtc.tasks import TASKS
+
+    if term in LOSS_NAMES:
+        return LOSS_NAMES[term]
+    if term in TASKS:
+        unit = TASKS.get(term).loss_term_unit
+        return f"{term} ({unit})" if unit else term
+    if _is_edge(term):
+        return f"{term} (transferred → {term.split('2', 1)[1]})"
+    return term
+
+
+def task_curves(history: list) -> list[tuple[str, str, list[str], list[str]]]:
+    """``(task, title, loss terms, metrics)`` per task present in ``history`` (a train term
+    ``train_<task>`` or one of its metrics logged), in registry order: the terms that land
+    on the task (its direct loss and every transfer ``<a>2<task>`` into it: same units),
+    and its table metrics (``Metric.delta_m``) that were logged on the watched split."""
+    from xtc.tasks import TASKS, split_edge
+
+    split = _watched_split(history)
+    have = {k for h in history for k, v in h.items() if isinstance(v, (int, float))}
+    edges = [k[len("train_"):] for k in sorted(have) if k.startswith("train_")
+             and _is_edge(k[len("train_"):])]
+    order = TASKS.in_order()
+    out = []
+    for task in order:
+        spec = TASKS.get(task)
+        incoming = sorted((e for e in edges if split_edge(e)[1] == task),
+                          key=lambda e: order.index(split_edge(e)[0]))
+        terms = [t for t in [task, *incoming] if f"train_{t}" in have]
+        metrics = [m.name for m in spec.metrics if m.delta_m and f"{split}_{m.name}" in have]
+        if terms or metrics:
+            out.append((task, TASK_TITLES.get(task, spec.title or task), terms, metrics))
+    return out
+
+
+def metric_label(metric: str, depth_units: str = "depth unit") -> str:
+    """``"abs_err ↓ (metres)"``: the metric, its direction and unit from the registry."""
+    from xtc.tasks import TASKS
+
+    spec = TASKS.metric(metric)
+    if spec is None:
+        return metric
+    unit = spec.unit.replace("depth unit", depth_units)
+    return f"{metric} {'↑' if spec.higher_is_better else '↓'} ({unit})"
 
 
 def plot_task_curves(history: list, depth_units: str = "inverse depth", path=None):
-    """Training curves one column per task, on labelled axes: the train loss terms that land
-    on the task (its direct loss and the cross-task term transferred onto it) above, its
-    evaluation metrics (``val_*`` under ``train.protocol=xtc``, ``test_*`` under ``mtan`` /
-    ``paper``) below; a last column has the total loss and the selection score when logged.
-    Tasks the run does not have (single-task runs) are left out."""
-    split = "val" if any(k.startswith("val_") for h in history for k in h) else "test"
+    """Training curves one column per task present in the history (:func:`task_curves`:
+    every registered task the run trained or measured), on labelled axes: the train loss
+    terms that land on the task (its direct loss and the cross-task terms transferred onto
+    it, ``<a>2<task>``, in the task's loss units) above, its evaluation metrics (``val_*``
+    under ``train.protocol=xtc``, ``test_*`` under ``mtan`` / ``paper``) below with their
+    direction (↑ higher is better, ↓ lower) and unit from the registry; a task whose metrics
+    mix fractions with other units (normals: degrees) has its fractions on a right-hand
+    axis. A last column has the total loss and the selection score when logged. Tasks the
+    run does not have (single-task runs) are left out."""
+    split = _watched_split(history)
     epochs = [h.get("epoch", i) + 1 for i, h in enumerate(history)]
     have = {k for h in history for k, v in h.items() if isinstance(v, (int, float))}
-    columns = [(title, [t for t in terms if f"train_{t}" in have],
-                [m for m in metrics if f"{split}_{m}" in have])
-               for title, terms, metrics in TASK_CURVES]
-    columns = [c for c in columns if c[1] or c[2]]
+    columns = task_curves(history)
     overall = [k for k in ("train_total", "selection_score") if k in have]
     ncols = len(columns) + bool(overall)
     fig = figure((4.2 * max(ncols, 1), 6.0))
     axes = fig.subplots(2, max(ncols, 1), squeeze=False, sharex=True)
 
-    def curve(ax, key, label):
-        ax.plot(epochs, [h.get(key, np.nan) for h in history], marker="o", label=label)
+    def curve(ax, key, label, **style):
+        ax.plot(epochs, [h.get(key, np.nan) for h in history], marker="o", label=label, **style)
 
-    for c, (title, terms, metrics) in enumerate(columns):
+    from xtc.tasks import TASKS
+
+    for c, (task, title, terms, metrics) in enumerate(columns):
         top, bottom = axes[0][c], axes[1][c]
         for t in terms:
-            curve(top, f"train_{t}", LOSS_NAMES.get(t, t))
+            curve(top, f"train_{t}", loss_name(t))
         top.set(title=f"{title}: train loss terms", ylabel="loss (per step, epoch mean)")
+        units = {m: TASKS.metric(m).unit for m in metrics}
+        fractions = [m for m in metrics if units[m] == "fraction"]
+        twin = bool(fractions) and len(fractions) < len(metrics)
+        colour = {m: f"C{i}" for i, m in enumerate(metrics)}  # one cycle over both axes
         for m in metrics:
-            unit = depth_units if m == "abs_err" else "fraction"
-            arrow = "↑" if m in ("miou", "pixel_acc") else "↓"
-            curve(bottom, f"{split}_{m}", f"{m} {arrow} ({unit})")
+            if not (twin and m in fractions):
+                curve(bottom, f"{split}_{m}", metric_label(m, depth_units), color=colour[m])
         bottom.set(title=f"{title}: {split} metrics", xlabel="epoch",
                    ylabel="metric (units in legend)")
+        if twin:
+            other = {units[m].replace("depth unit", depth_units) for m in metrics
+                     if m not in fractions}
+            bottom.set_ylabel(" / ".join(sorted(other)) + " (solid)")
+            right = bottom.twinx()
+            for m in fractions:
+                curve(right, f"{split}_{m}", metric_label(m, depth_units), ls="--",
+                      color=colour[m])
+            right.set_ylabel("fraction of pixels (dashed)")
+            lines = bottom.get_lines() + right.get_lines()
+            bottom.legend(lines, [ln.get_label() for ln in lines], fontsize=7)
         for ax in (top, bottom):
-            if ax.lines:
+            if ax.lines and ax.get_legend() is None:
                 ax.legend(fontsize=7)
     if overall:
         top, bottom = axes[0][-1], axes[1][-1]
@@ -175,6 +306,20 @@ def plot_task_curves(history: list, depth_units: str = "inverse depth", path=Non
             ax.set_axis_off()
     fig.tight_layout()
     return finish(fig, path)
+
+
+def _watched_split(history: list) -> str:
+    return "val" if any(k.startswith("val_") for h in history for k in h) else "test"
+
+
+def _is_edge(name: str) -> bool:
+    from xtc.tasks import TASKS, split_edge
+
+    try:
+        source, target = split_edge(name)
+    except ValueError:
+        return False
+    return source in TASKS and target in TASKS
 
 
 def pixel_table(dataset, n: Optional[int] = None) -> dict[str, np.ndarray]:
@@ -238,6 +383,93 @@ def plot_depth_per_class(dataset, n: Optional[int] = None):
     ax.set(ylabel=f"depth ({dataset.depth_units})", title="depth per class (valid pixels)")
     fig.tight_layout()
     return fig
+
+
+def normals_from_depth(dataset, index: int = 0) -> dict[str, np.ndarray]:
+    """Surface normals derived from the depth of synthetic-city scene ``index`` of
+    ``dataset``, next to the normals the generator ships: the relation "normals are the
+    derivative of depth".
+
+    The scene is re-rendered unaugmented (:func:`xtc.data.synthetic.render_scene` with the
+    dataset's seed, scene index and size), metric depth is Z = K / t (``DISPARITY_SCALE`` K,
+    target t), and ``kornia.geometry.depth.depth_to_normals`` unprojects every pixel with the
+    scene's pinhole camera (focal length f, principal point (c_x - 0.5, y_h - 0.5): kornia
+    puts pixel centres on integers, the generator at +0.5) and takes the cross product of
+    the point cloud's horizontal and vertical derivatives (3x3 Sobel). Kornia's camera frame
+    (x right, y down, z forward) and outward sign are turned into xtc's (x right, y up, z
+    toward the camera): n = (-n_x, n_y, n_z).
+
+    Returns ``depth`` (H,W) metres (NaN: sky and stereo holes), ``derived`` and ``shipped``
+    (H,W,3) unit normals (NaN where not comparable), ``angle`` (H,W) degrees between them
+    (NaN where not comparable), ``valid`` (H,W) bool and ``median_angle`` (degrees). A pixel
+    is comparable where the shipped normal is valid and every depth of its 3x3 stencil is
+    valid and unclipped (depth clipped at ``MAX_TARGET`` carries no slope); at depth edges
+    the stencil straddles two surfaces, so the angle there is large by construction.
+    """
+    import kornia
+
+    from xtc.data import synthetic
+    from xtc.tasks.normal import angle_error
+
+    if not hasattr(dataset, "indices") or not hasattr(dataset, "seed") or \
+            getattr(dataset, "name", "") != "synthetic-city":
+        raise ValueError("normals_from_depth needs the synthetic city (its camera is known "
+                         "per scene); got " + type(dataset).__name__)
+    if not 0 <= index < len(dataset):
+        raise IndexError(f"index {index} is out of range for {len(dataset)} samples")
+    scene = synthetic.render_scene(dataset.seed, int(dataset.indices[index]), dataset.height,
+                                   dataset.width)
+    cam, target = scene["camera"], scene["depth"].astype(np.float64)
+    ok = (target > 0) & (target < synthetic.MAX_TARGET - 1e-6)
+    z = np.where(ok, synthetic.DISPARITY_SCALE / np.where(ok, target, 1.0), 0.0)
+    k = torch.tensor([[cam["f"], 0.0, cam["c_x"] - 0.5], [0.0, cam["f"], cam["y_h"] - 0.5],
+                      [0.0, 0.0, 1.0]], dtype=torch.float64)[None]
+    n = kornia.geometry.depth.depth_to_normals(torch.from_numpy(z)[None, None], k)[0]
+    derived = torch.stack([-n[0], n[1], n[2]])                      # (3,H,W), xtc's frame
+    bad = torch.from_numpy(~ok)[None, None].double()
+    stencil = torch.nn.functional.max_pool2d(bad, 3, stride=1, padding=1)[0, 0].numpy() == 0
+    valid = stencil & scene["normal_mask"]
+    shipped = torch.from_numpy(np.ascontiguousarray(scene["normal"].transpose(2, 0, 1))).double()
+    angle = angle_error(derived[None], shipped[None])[0].numpy()
+    nan = np.full_like(angle, np.nan)
+    return {"depth": np.where(target > 0, synthetic.DISPARITY_SCALE / np.where(target > 0, target,
+                                                                             1.0), np.nan),
+            "derived": np.where(valid[..., None], derived.permute(1, 2, 0).numpy(), np.nan),
+            "shipped": np.where(scene["normal_mask"][..., None], scene["normal"], np.nan),
+            "angle": np.where(valid, angle, nan), "valid": valid,
+            "median_angle": float(np.median(angle[valid])) if valid.any() else float("nan")}
+
+
+def plot_depth_to_normals(dataset, index: int = 0, path=None):
+    """Normals are the derivative of depth, on one synthetic-city scene: metric depth
+    Z = K / t, the normals the dataset ships, the normals derived from depth with
+    ``kornia.geometry.depth.depth_to_normals`` (:func:`normals_from_depth`), and the angle
+    between the two in degrees (small everywhere except at depth edges, where the 3x3
+    stencil straddles two surfaces). Normals are RGB (n + 1) / 2; black: no normal (sky,
+    the ego-car hood) or, for the derived ones, a stencil touching invalid or clipped
+    depth."""
+    import matplotlib.pyplot as plt
+
+    maps = normals_from_depth(dataset, index)
+    fig = figure((13, 3.4))
+    axes = fig.subplots(1, 4)
+    grey = plt.get_cmap("viridis").with_extremes(bad="lightgrey")
+    shown = axes[0].imshow(np.ma.masked_invalid(maps["depth"]), cmap=grey,
+                           norm=_log_norm(maps["depth"]))
+    fig.colorbar(shown, ax=axes[0], shrink=0.8, label="depth Z (metres, log scale)")
+    axes[0].set_title(f"depth Z = K / target (#{index})", fontsize=9)
+    axes[1].imshow(normal_rgb(maps["shipped"]))
+    axes[1].set_title("shipped normals (normal_target)", fontsize=9)
+    axes[2].imshow(normal_rgb(maps["derived"]))
+    axes[2].set_title("normals derived from depth (kornia)", fontsize=9)
+    reds = plt.get_cmap("Reds").with_extremes(bad="lightgrey")
+    shown = axes[3].imshow(np.ma.masked_invalid(maps["angle"]), cmap=reds, vmin=0, vmax=90)
+    fig.colorbar(shown, ax=axes[3], shrink=0.8, label="angle (degrees)")
+    axes[3].set_title(f"angle between them: median {maps['median_angle']:.2g}°", fontsize=9)
+    for ax in axes:
+        ax.set_axis_off()
+    fig.suptitle(NORMAL_LEGEND + "; grey: not comparable", fontsize=8, y=0.02, va="bottom")
+    return finish(fig, path)
 
 
 def plot_scaling(rows: list[dict]):
@@ -340,12 +572,57 @@ def _depth(ax, depth: Any, mask: Any, title: str) -> None:
     ax.axis("off")
 
 
-def _legend(fig, class_names: Optional[Sequence[str]]) -> None:
-    if not class_names:
+def normal_rgb(normals: Any, mask: Any = None) -> np.ndarray:
+    """Normals ``(3,H,W)`` (a tensor or array, channels first) or ``(H,W,3)`` -> RGB
+    ``(H,W,3)`` uint8 = (n + 1) / 2 of the unit vectors (red = right, green = up, blue =
+    toward the camera); black where ``mask`` ``(1,H,W)`` / ``(H,W)`` is False, the vector is
+    zero or NaN.
+
+    Examples:
+        >>> normal_rgb(np.array([[[0.0, 1.0, 0.0]]])).tolist()  # a floor, facing up
+        [[[128, 255, 128]]]
+    """
+    n = _numpy(normals).astype(float)
+    if n.ndim == 3 and n.shape[0] == 3 and n.shape[-1] != 3:
+        n = n.transpose(1, 2, 0)
+    ok = np.isfinite(n).all(-1)
+    n = np.nan_to_num(n)
+    length = np.linalg.norm(n, axis=-1, keepdims=True)
+    ok &= length[..., 0] > 1e-12
+    if mask is not None:
+        ok &= _numpy(mask).reshape(ok.shape).astype(bool)
+    rgb = np.clip((n / np.maximum(length, 1e-12) + 1) / 2, 0, 1)
+    return (np.where(ok[..., None], rgb, 0.0) * 255).round().astype(np.uint8)
+
+
+def _draw(spec, value, valid) -> np.ndarray:
+    """A task's ``draw`` RGB; a task without one: its first channel as a heat map."""
+    try:
+        return np.asarray(spec.draw(value, valid), dtype=float)
+    except NotImplementedError:
+        from xtc.tasks import heat
+
+        return heat(value.reshape(-1, *value.shape[-2:])[0].float(), valid)
+
+
+def _log_norm(values: np.ndarray):
+    from matplotlib.colors import LogNorm
+
+    finite = values[np.isfinite(values) & (values > 0)]
+    return LogNorm(float(finite.min()), float(finite.max())) if finite.size else None
+
+
+def _legend(fig, class_names: Optional[Sequence[str]], note: Optional[str] = None) -> None:
+    """The class colours (and ``note``, e.g. how normals are coloured) under the figure."""
+    if not class_names and not note:
         return
     from matplotlib.patches import Patch
 
-    colours = seg_palette(len(class_names)) / 255
-    fig.legend(handles=[Patch(color=c, label=n) for c, n in zip(colours, class_names)],
-               loc="lower center", ncol=min(len(class_names), 7), fontsize=7, frameon=False,
-               bbox_to_anchor=(0.5, -0.02))
+    handles = []
+    if class_names:
+        colours = seg_palette(len(class_names)) / 255
+        handles = [Patch(color=c, label=n) for c, n in zip(colours, class_names)]
+    if note:
+        handles.append(Patch(color="none", label=note))
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 8), fontsize=7,
+               frameon=False, bbox_to_anchor=(0.5, -0.02))
