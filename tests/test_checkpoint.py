@@ -96,3 +96,13 @@ def test_every_config_key_added_since_schema_1_is_listed():
     keys = set(config.flatten(config.Config()))
     assert keys - SCHEMA_1_KEYS == set(checkpoint.ADDED_KEYS)  # bump SCHEMA with a new entry
     assert max(first for first, _ in checkpoint.ADDED_KEYS.values()) == checkpoint.SCHEMA
+
+
+def test_training_state_round_trips_through_a_payload() -> None:
+    from xtc import checkpoint, train
+
+    state = train.TrainingState(epoch=3, step=5, partial={"sums": {"seg": 1.5}},
+                                history=[{"epoch": 0}], best_epoch=2, best_score=-1.25)
+    payload = state.to_payload()
+    assert set(payload) <= set(checkpoint.RESUME_ENTRIES)
+    assert train.TrainingState.from_payload({**payload, "model": {}}) == state

@@ -792,15 +792,16 @@ def _index_comparison(rows: list[dict], listed: int) -> str:
            + (f"; {left} listed above left out: failed, unreadable, changed or not a training run"
               if left else "") + ")</h3>"
            f"<p>mIoU and pixel acc are fractions (0-1), rel err a ratio, abs err in the runs' "
-           f"depth units; ↑ higher is better, ↓ lower is better; Δm% is against the stl-seg / "
-           f"stl-depth runs of the same protocol (negative is an improvement). Protocols are "
-           f"never ranked together.</p>"]
+           f"depth units, normal angles in degrees and within-t° shares as fractions; ↑ higher "
+           f"is better, ↓ lower is better; Δm% is against the stl-&lt;task&gt; runs of the same "
+           f"protocol (negative is an improvement). Protocols are never ranked together.</p>"]
     for proto, proto_rows in parts.items():
         group_by = summary.grouping(proto_rows)
         groups = summary.aggregate(proto_rows, group_by)
         units = summary.depth_units(proto_rows)
         out.append(f"<h4>Protocol {html.escape(proto)}</h4>" if len(parts) > 1 else "")
-        out.append(summary.to_html(summary.report_table(groups, group_by, depth_units=units)))
+        out.append(summary.to_html(summary.report_table(
+            groups, group_by, metrics=summary.table_metrics(proto_rows), depth_units=units)))
         if any("miou" in g["mean"] and "abs_err" in g["mean"] for g in groups):
             fig = summary.plot_tradeoff(groups, group_by=group_by, depth_units=units)
             out.append(f'<p><img alt="mIoU vs abs err per method, mean ± std over seeds '

@@ -47,6 +47,11 @@ FIELDS = {"method": "model.method", "cross_task": "loss.cross_task", "seed": "tr
           "dataset": "data.name"}
 
 
+def _metrics(metrics: Iterable[str] | None, rows_or_groups: Iterable[dict]) -> tuple[str, ...]:
+    """The metrics a table shows: the ones given, else :func:`table_metrics` of the rows."""
+    return tuple(metrics) if metrics is not None else table_metrics(rows_or_groups)
+
+
 def table_metrics(rows: Iterable[dict]) -> tuple[str, ...]:
     """The table metrics (``xtc.tasks.delta_m_metrics``) of every task the rows trained, in
     registry order: the paper's four for seg + depth, NYUv2's nine with normals."""
@@ -243,7 +248,7 @@ def _delta_ms(group: dict, members: list[dict], base: dict[str, float]) -> None:
 
 
 def aggregate(rows: list[dict], group_by: Iterable[str] = ("method", "cross_task"),
-              metrics: Iterable[str] = METRICS) -> list[dict]:
+              metrics: Iterable[str] | None = None) -> list[dict]:
     """Groups with ``protocol``, ``n``, ``seeds``, ``mean``/``std`` per metric and Δm% vs the STL
     rows **of the same protocol**; runs of different protocols never share a group.
 
@@ -251,7 +256,7 @@ def aggregate(rows: list[dict], group_by: Iterable[str] = ("method", "cross_task
     :func:`baselines`; ``*_std`` the sample std of the per-run values. None when no STL run
     covers the group's metrics. Sorted by protocol, then STL, mtl, xtc, the rest.
     """
-    group_by, metrics = tuple(group_by), tuple(metrics)
+    group_by, metrics = tuple(group_by), _metrics(metrics, rows)
     out = []
     for proto, proto_rows in by_protocol(rows).items():
         base = baselines(proto_rows)
@@ -344,9 +349,15 @@ def grouping(rows: Iterable[dict], base: Iterable[str] = ("method", "cross_task"
              optional: Iterable[str] = AUTO_FIELDS) -> list[str]:
     """``base`` plus each ``optional`` field that takes more than one value among the xtc rows
     of some protocol: the λ=0 and detached controls get their own groups (and labels) where a
-    folder holds them, and nothing is added where every xtc run shares the setting."""
+    folder holds them, and nothing is added where every xtc run shares the setting. ``tasks``
+    is added when multi-task runs of several task sets are present (seg+depth beside
+    seg+depth+normal), so their rows are told apart."""
     rows = list(rows)
     out = list(base)
+    task_sets = {r.get("tasks") or PAPER_TASKS for r in rows
+                 if not str(r.get("method")).startswith("stl-")}
+    if len(task_sets) > 1 and "tasks" not in out:  # 2- and 3-task runs side by side
+        out.insert(1, "tasks")
     for f in optional:
         for proto_rows in by_protocol(rows).values():
             seen = {json.dumps(_key(r, f), default=str) for r in proto_rows if r.get("method") == "xtc"}
@@ -377,23 +388,23 @@ def _metric_cells(g: dict, metrics: tuple[str, ...], digits: int) -> dict[str, s
 
 
 def comparison_table(groups: list[dict], group_by: Iterable[str] = ("method", "cross_task"),
-                     metrics: Iterable[str] = METRICS, digits: int = 4) -> list[dict]:
+                     metrics: Iterable[str] | None = None, digits: int = 4) -> list[dict]:
     """Display rows (strings) of ONE protocol: group columns, n, ``mean ± std`` per metric (mean
     alone for one run), metric- and task-weighted Δm% vs STL. Mixed protocols: ValueError."""
     check_one_protocol(groups, "comparison_table")
-    group_by, metrics = tuple(group_by), tuple(metrics)
+    group_by, metrics = tuple(group_by), _metrics(metrics, groups)
     return [{**{f: str(g.get(f)) for f in group_by}, "n": str(g["n"]),
              **_metric_cells(g, metrics, digits), **_dm_cells(g)} for g in groups]
 
 
 def side_by_side(rows: list[dict], group_by: Iterable[str] = ("method", "cross_task"),
-                 metrics: Iterable[str] = METRICS, digits: int = 4) -> list[dict]:
+                 metrics: Iterable[str] | None = None, digits: int = 4) -> list[dict]:
     """One display row per group key, one column block per protocol (``xtc: mIoU``, ...).
 
     Each block's Δm% is against the STL runs of that protocol; nothing is compared or ranked
     across blocks. Rows are in :func:`aggregate` order of the first protocol holding them.
     """
-    group_by, metrics = tuple(group_by), tuple(metrics)
+    group_by, metrics = tuple(group_by), _metrics(metrics, rows)
     groups = aggregate(rows, group_by, metrics)
     protocols = list(dict.fromkeys(g["protocol"] for g in groups))
     keys = list(dict.fromkeys(tuple(g.get(f) for f in group_by) for g in groups))
@@ -445,7 +456,7 @@ def published_refusal(rows: list[dict], name: str) -> str | None:
 
 
 def beside_published(rows: list[dict], name: str, group_by: Iterable[str] = ("method", "cross_task"),
-                     metrics: Iterable[str] = METRICS, digits: int = 4) -> list[dict]:
+                     metrics: Iterable[str] | None = None, digits: int = 4) -> list[dict]:
     """Our groups, then the published rows of ``name`` (same protocol only), one display table.
 
     ValueError with :func:`published_refusal`'s reason when protocol or dataset differ. Δm%
@@ -458,7 +469,7 @@ def beside_published(rows: list[dict], name: str, group_by: Iterable[str] = ("me
     reason = published_refusal(rows, name)
     if reason:
         raise ValueError(f"beside_published refuses: {reason}")
-    group_by, metrics = tuple(group_by), tuple(metrics)
+    group_by, metrics = tuple(group_by), _metrics(metrics, rows)
     printed = "Δm% printed (source's metrics)"
     table = []
     for g in aggregate(rows, group_by, metrics):
@@ -516,7 +527,7 @@ def to_html(table: list[dict], raw: Iterable[str] = (), row_class: str | None = 
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(map(tr, table))}</tbody></table>"
 
 
-def overlap_notes(groups: list[dict], metrics: Iterable[str] = METRICS,
+def overlap_notes(groups: list[dict], metrics: Iterable[str] | None = None,
                   group_by: Iterable[str] = ("method", "cross_task")) -> list[str]:
     """Notes where two groups' means differ by less than their spread (|Δmean| < std_a + std_b).
 
@@ -524,7 +535,7 @@ def overlap_notes(groups: list[dict], metrics: Iterable[str] = METRICS,
     their spread is unknown. Groups of ONE protocol (it compares them): else ValueError.
     """
     check_one_protocol(groups, "overlap_notes")
-    group_by = tuple(group_by)
+    group_by, metrics = tuple(group_by), _metrics(metrics, groups)
     notes = [f"{group_label(g, group_by)}: one run only, its spread is unknown"
              for g in groups if g["n"] < 2]
     for m in metrics:
@@ -652,11 +663,11 @@ DM_HEADERS = {DM_METRIC: "Δm% metric-wt (vs STL) ↓", DM_TASK: "Δm% task-wt (
 
 
 def report_table(groups: list[dict], group_by: Iterable[str] = ("method", "cross_task"),
-                 metrics: Iterable[str] = METRICS, depth_units: str | None = None,
+                 metrics: Iterable[str] | None = None, depth_units: str | None = None,
                  digits: int = 4) -> list[dict]:
     """:func:`comparison_table` for a reader: the group in words (:func:`group_label`) as the
     first column, seeds, and headers with units and ↑/↓ (:func:`metric_header`). ONE protocol."""
-    group_by, metrics = tuple(group_by), tuple(metrics)
+    group_by, metrics = tuple(group_by), _metrics(metrics, groups)
     plain = comparison_table(groups, group_by, metrics, digits)
     heads = {LABELS.get(m, m): metric_header(m, depth_units) for m in metrics}
     out = []
@@ -691,7 +702,8 @@ def _with_values(rows: list[dict], group_by: tuple, metrics: tuple) -> list[tupl
     out = []
     for g in aggregate(rows, group_by, metrics):
         key = tuple(g.get(f) for f in group_by)
-        members = [r for r in rows if tuple(_key(r, f) for f in group_by) == key]
+        members = [r for r in rows if tuple(_key(r, f) for f in group_by) == key
+                   and (r.get("tasks") or PAPER_TASKS) == g["tasks"]]
         values = {m: [r["metrics"][m] for r in members if m in r["metrics"]] for m in metrics}
         common = tuple(m for m in g["mean"] if m in base)
         if common and not str(g.get("method")).startswith("stl-"):
@@ -715,14 +727,14 @@ def _test_pair(a: tuple, b: tuple, quantities: tuple) -> dict:
 
 
 def significance(rows: list[dict], group_by: Iterable[str] = ("method", "cross_task"),
-                 metrics: Iterable[str] = METRICS) -> list[dict]:
+                 metrics: Iterable[str] | None = None) -> list[dict]:
     """Every pair of groups (of ONE protocol) that shares a quantity: ``{"a", "b" (groups),
     "tests": {quantity: permutation_test result}, "smallest_p"}``. Quantities: the per-run
     Δm% (``delta_m``, ``delta_m_task``; only between groups whose Δm uses the same metrics,
     so never for the STL groups) and each metric. Tests are exact two-sided permutation tests
     of the per-run values (:func:`xtc.significance.permutation_test`), uncorrected for the
     number of pairs."""
-    group_by, metrics = tuple(group_by), tuple(metrics)
+    group_by, metrics = tuple(group_by), _metrics(metrics, rows)
     rows = list(rows)
     have = _with_values(rows, group_by, metrics) if rows else []
     out = []
@@ -739,14 +751,14 @@ def _p(p: float) -> str:
 
 
 def significance_table(rows: list[dict], group_by: Iterable[str] = ("method", "cross_task"),
-                       metrics: Iterable[str] = METRICS, depth_units: str | None = None) -> list[dict]:
+                       metrics: Iterable[str] | None = None, depth_units: str | None = None) -> list[dict]:
     """:func:`significance` as ONE compact display matrix: a row per pair of groups (A, B, n,
     the smallest p those n allow), a column per quantity with ``p=…, d=…`` (Cohen's d of A
     minus B; the header's ↑/↓ says which sign is better) and ``✓`` where p < 0.05; empty
     where the pair does not share the quantity."""
     from xtc.significance import ALPHA
 
-    group_by, metrics = tuple(group_by), tuple(metrics)
+    group_by, metrics = tuple(group_by), _metrics(metrics, rows)
     heads = {**{q: f"{Q_LABELS[q]} ↓" for q in QUANTITIES},
              **{m: metric_header(m, depth_units) for m in metrics}}
     table = []
@@ -766,7 +778,7 @@ def significance_table(rows: list[dict], group_by: Iterable[str] = ("method", "c
 
 
 def verdict(rows: list[dict], group_by: Iterable[str] = ("method", "cross_task"),
-            metrics: Iterable[str] = METRICS) -> str:
+            metrics: Iterable[str] | None = None) -> str:
     """A paragraph per protocol, in words: which group has the best (lowest) metric- and
     task-weighted Δm%, and whether its differences against mtl, the λ=0 / detached controls
     and the runner-up are resolved by the seeds (exact permutation test of per-run Δm% and
@@ -774,7 +786,7 @@ def verdict(rows: list[dict], group_by: Iterable[str] = ("method", "cross_task")
     counts allow. Nothing is compared across protocols."""
     from xtc.significance import ALPHA
 
-    group_by, metrics = tuple(group_by), tuple(metrics)
+    group_by, metrics = tuple(group_by), _metrics(metrics, rows)
     rows = list(rows)
     if not rows:
         return "No runs: nothing to compare."

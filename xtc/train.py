@@ -103,7 +103,7 @@ class TrainingState:
     best_score: Optional[float] = None  # its selection score
 
     def to_payload(self) -> dict:
-        """The checkpoint entries (``checkpoint.STATE_ENTRIES``), one per field."""
+        """The checkpoint entries, one per field (part of ``checkpoint.RESUME_ENTRIES``)."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     @classmethod
