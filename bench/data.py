@@ -46,8 +46,10 @@ def train_images_per_s(args, log, loader_pass) -> dict:
     precision, cl, comp = ts.VARIANTS[args.train_variant]
     B, H, W = cfg.train.batch_size, cfg.data.height, cfg.data.width
     batch = synthetic_batch(B, H, W, seed=args.seed)
-    model = ts.build_model_from_config(cfg, 7)
-    criterion = ts.build_criterion(cfg, model)
+    from xtc.train import build_experiment
+
+    exp = build_experiment(cfg, "cpu", optimizer=False, num_classes=7)
+    model, criterion = exp.model, exp.criterion
     step = ts.Stepper(args.train_variant, model, criterion, cfg, batch, torch.device("cpu"),
                       precision, cl, comp)
     step()  # warm-up

@@ -35,9 +35,7 @@ from xtc import config as xconfig  # noqa: E402
 from xtc import runtime  # noqa: E402
 from xtc.data import build_dataset_from_config  # noqa: E402
 from xtc.data.resident import ResidentSplit  # noqa: E402
-from xtc.losses import build_criterion  # noqa: E402
-from xtc.models import build_model_from_config  # noqa: E402
-from xtc.train import build_optimizer, train_one_epoch  # noqa: E402
+from xtc.train import TrainingState, build_experiment, train_one_epoch  # noqa: E402
 
 CITYSCAPES_TRAIN_IMAGES = 2975
 TARGET_S = 10.0
@@ -71,18 +69,15 @@ def run(args) -> dict:
     if len(data) < B:
         raise SystemExit(f"{len(data)} train images, fewer than one batch of {B}: raise --images")
 
-    model = build_model_from_config(cfg, num_classes=dataset.num_classes).to(device)
-    if cfg.train.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    criterion = build_criterion(cfg, model).to(device)
-    optimizer = build_optimizer(cfg, list(model.parameters()) + list(criterion.parameters()))
+    exp = build_experiment(cfg, device, num_classes=dataset.num_classes)
+    model, criterion, optimizer = exp.model, exp.criterion, exp.optimizer
     net = torch.compile(model) if args.compile else model
 
     def epoch(index: int, max_steps: int = 0) -> None:
         cfg.train.max_steps_per_epoch = max_steps
         data.set_epoch(index)
         train_one_epoch(net, criterion, optimizer, data, device, cfg,
-                        {"epoch": index, "step": 0, "partial": {}}, progress=False)
+                        TrainingState(epoch=index), progress=False)
 
     warmup = 1 if args.quick else args.warmup_steps or (10 if device.type == "cuda" else 1)
     log(f"warm-up: {warmup} steps")

@@ -33,10 +33,9 @@ from torch.utils.data import DataLoader  # noqa: E402
 
 from xtc import config as xconfig  # noqa: E402
 from xtc.data import build_dataset  # noqa: E402
-from xtc.losses import build_criterion  # noqa: E402
 from xtc.metrics import (DEPTH_EPS, ConsistencyMeter, DepthMeter, SegmentationMeter,  # noqa: E402
                          depth_error_sums)
-from xtc.models import build_model_from_config  # noqa: E402
+from xtc.train import build_experiment  # noqa: E402
 from xtc.train import evaluate  # noqa: E402
 
 
@@ -172,8 +171,8 @@ def run(args) -> dict:
     ds = Rendered(build_dataset("synthetic-city", "test", height=H, width=W,
                                 test_size=n_images, seed=args.seed))
     loader = DataLoader(ds, batch_size=B)
-    model = build_model_from_config(cfg, 7)
-    criterion = build_criterion(cfg, model)
+    exp = build_experiment(cfg, "cpu", optimizer=False, num_classes=7)
+    model, criterion = exp.model, exp.criterion
     device = torch.device("cpu")
     log(f"evaluate: {cfg.model.encoder} {H}x{W}, {n_images} images, batch {B}")
 

@@ -75,9 +75,9 @@ def weighted_groups(criterion, terms: dict) -> dict:
     backpropagated one by one): for uncertainty weighting 1/2 e^-s_g L_g + reg(s_g)."""
     groups = {"seg": terms["seg"], "depth": terms["depth"]}
     if "seg2depth" in terms:
-        groups["seg"] = (1 - criterion.lambda1) * terms["seg"] + criterion.lambda1 * terms["seg2depth"]
-        groups["depth"] = ((1 - criterion.lambda2) * terms["depth"]
-                           + criterion.lambda2 * terms["depth2seg"])
+        l1, l2 = criterion.lambdas["seg"], criterion.lambdas["depth"]
+        groups["seg"] = (1 - l1) * terms["seg"] + l1 * terms["seg2depth"]
+        groups["depth"] = (1 - l2) * terms["depth"] + l2 * terms["depth2seg"]
     w = criterion.weighting
     if isinstance(w, UncertaintyWeighting):
         out = {}

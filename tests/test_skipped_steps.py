@@ -48,8 +48,8 @@ def test_one_nan_image_skips_only_its_batch(weighting, monkeypatch):
     first_batch = list(train._loader(train_set, cfg, shuffle=True, epoch=0).sampler)
     bad = first_batch[0]
     monkeypatch.setattr(train, "build_dataset_from_config",
-                        lambda data, split: _NaNImage(train_set, bad) if split == "train"
-                        else real(data, split))
+                        lambda data, split, tasks=None: _NaNImage(train_set, bad)
+                        if split == "train" else real(data, split, tasks))
     run = train.fit(cfg, progress=False)
 
     steps = len(train_set) // cfg.train.batch_size

@@ -304,6 +304,8 @@ def group_label(group: dict, group_by: Iterable[str] = ("method", "cross_task"))
     unset (None, ``-``) or false detach values are left out.
     """
     values = {_short(f): group.get(f) for f in group_by if group.get(f) not in (None, "-")}
+    if str(group.get("method")).startswith("stl-"):
+        values.pop("tasks", None)  # stl-normal says its task already
     method = values.pop("method", None)
     xtc_like = method in (None, "xtc")
     words = [str(method)] if method is not None else []
