@@ -46,7 +46,7 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from xtc import config as xconfig  # noqa: E402
 from xtc.profiling import synthetic_batch  # noqa: E402
-from xtc.runtime import resolve_precision  # noqa: E402
+from xtc.runtime import git_commit, resolve_precision  # noqa: E402
 from xtc.tasks import TASKS, split_edge, transfers_of  # noqa: E402
 from xtc.train import build_experiment, forward_losses, optimizer_step  # noqa: E402
 
@@ -212,18 +212,6 @@ class Worker:
                 self.proc.wait()
 
 
-def git_state(path: Path) -> str | None:
-    """``git rev-parse HEAD`` of ``path`` (+dirty when its xtc/ has changes)."""
-    try:
-        head = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], check=True,
-                              capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(path), "status", "--porcelain", "--", "xtc"],
-                               check=True, capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return head + ("+dirty" if dirty.strip() else "")
-
-
 def baseline_check(args, device: torch.device, num_classes: int, log) -> dict:
     old_src = Path(args.baseline_src).resolve()
     if not (old_src / "xtc" / "train.py").is_file():
@@ -260,8 +248,8 @@ def baseline_check(args, device: torch.device, num_classes: int, log) -> dict:
 
     med = {k: _common.median(v) * 1e3 for k, v in times.items()}
     return {
-        "old_src": str(old_src), "old_commit": git_state(old_src),
-        "new_src": str(_common.ROOT), "new_commit": git_state(_common.ROOT),
+        "old_src": str(old_src), "old_commit": git_commit(old_src),
+        "new_src": str(_common.ROOT), "new_commit": git_commit(_common.ROOT),
         "rounds": args.baseline_rounds, "steps_per_round": args.baseline_steps,
         "old_ms_per_step": med["old"], "new_ms_per_step": med["new"],
         "old_ms_per_step_min": min(times["old"]) * 1e3,

@@ -35,7 +35,7 @@ from xtc.data.resident import ResidentSplit
 from xtc.losses import build_criterion
 from xtc.metrics import ConsistencyMeter
 from xtc.models import build_model_from_config
-from xtc.tasks import TASKS, split_edge
+from xtc.tasks import TASKS, is_edge, split_edge
 
 
 class TrainingError(RuntimeError, ValueError):
@@ -520,21 +520,13 @@ def gradient_cosines(terms: dict, parameters, tasks=("seg", "depth")) -> dict[st
 
     out = {}
     for task in tasks:
-        edges = [k for k in terms if _is_edge(k) and split_edge(k)[0] == task]
+        edges = [k for k in terms if is_edge(k) and split_edge(k)[0] == task]
         if not edges:
             continue
         cross = terms[edges[0]] if len(edges) == 1 else torch.stack([terms[e] for e in edges]).mean()
         a, b = flat_grad(terms[task]), flat_grad(cross)
         out[f"grad_cos_{task}"] = float(torch.nn.functional.cosine_similarity(a, b, dim=0))
     return out
-
-
-def _is_edge(name: str) -> bool:
-    try:
-        source, target = split_edge(name)
-    except ValueError:
-        return False
-    return source in TASKS and target in TASKS
 
 
 @torch.no_grad()

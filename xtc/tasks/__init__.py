@@ -34,7 +34,7 @@ from xtc.tasks.base import (AUGMENT_RULES, TASKS, Meter, Metric, Task, edge, fil
 DEFAULT_LAMBDA = 0.01  # the paper's lambda (Cityscapes), for a task no config entry names
 
 __all__ = ["AUGMENT_RULES", "DEFAULT_LAMBDA", "lambdas_of", "METHODS", "Meter", "Method", "Metric", "TASKS", "Task",
-           "default_transfers", "delta_m_metrics", "edge", "fill_invalid", "heat",
+           "default_transfers", "delta_m_metrics", "edge", "is_edge", "fill_invalid", "heat",
            "masked_image_mean", "metric_names", "split_edge", "transfers_of"]
 
 
@@ -93,6 +93,15 @@ def transfers_of(config) -> list[str]:
     tasks = config.model.tasks
     return list(config.model.transfers) if config.model.transfers is not None \
         else default_transfers(tasks)
+
+
+def is_edge(name: str) -> bool:
+    """True when ``name`` is a transfer ``a2b`` between two registered tasks."""
+    try:
+        source, target = split_edge(name)
+    except ValueError:
+        return False
+    return source in TASKS and target in TASKS
 
 
 def metric_names(tasks: Iterable[str], delta_m_only: bool = False) -> list[str]:

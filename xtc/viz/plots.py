@@ -313,13 +313,9 @@ def _watched_split(history: list) -> str:
 
 
 def _is_edge(name: str) -> bool:
-    from xtc.tasks import TASKS, split_edge
+    from xtc.tasks import is_edge
 
-    try:
-        source, target = split_edge(name)
-    except ValueError:
-        return False
-    return source in TASKS and target in TASKS
+    return is_edge(name)
 
 
 def pixel_table(dataset, n: Optional[int] = None) -> dict[str, np.ndarray]:
