@@ -285,7 +285,10 @@ def validate(cfg: Config) -> None:
     if not (cfg.train.device in ("auto", "cpu", "cuda") or cfg.train.device.startswith("cuda:")):
         raise ConfigError(f"train.device={cfg.train.device!r}; use auto, cpu, cuda or cuda:N")
     tasks = _validate_tasks(cfg)
-    valid = select_names(tasks, cross_task=cfg.model.method == "xtc", edges=_edges(cfg))
+    from xtc.tasks import METHODS, transfers_of
+
+    valid = select_names(tasks, cross_task=METHODS.get(cfg.model.method).transfers,
+                         edges=transfers_of(cfg))
     if cfg.train.select not in valid:
         raise ConfigError(f"train.select={cfg.train.select!r} is not a val metric of "
                           f"{cfg.model.method}; choose one of {valid}")
@@ -354,10 +357,6 @@ def _validate_tasks(cfg: Config) -> tuple[str, ...]:
     return built
 
 
-def _edges(cfg: Config) -> list[str]:
-    from xtc.tasks import transfers_of
-
-    return transfers_of(cfg)
 
 
 def flatten(cfg: Config) -> dict:

@@ -547,7 +547,8 @@ def evaluate(model, loader, criterion=None, device: torch.device | None = None,
     model.eval()
     if criterion is not None:
         criterion.eval()
-    specs = {t: TASKS.get(t)(model.num_classes) for t in model.tasks}
+    specs = getattr(model, "specs", None) or {t: TASKS.get(t)(model.num_classes)
+                                              for t in model.tasks}
     meters = {t: spec.meter() for t, spec in specs.items()}
     edges = [name for name, _, _ in getattr(model, "edges", [])]
     consistency = ConsistencyMeter(model.num_classes, edges) if edges else None
