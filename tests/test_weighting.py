@@ -16,7 +16,7 @@ NAMES = ("seg", "depth")
 
 
 def test_registry_names() -> None:
-    assert WEIGHTINGS.names() == ["dwa", "fixed", "gradnorm", "uncertainty"]
+    assert WEIGHTINGS.names() == ["dwa", "famo", "fixed", "gradnorm", "uncertainty"]
     with pytest.raises(UnknownNameError, match="uncertainty"):
         build_weighting("nope", NAMES)
 

@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import torch
 
-SCHEMA = 4  # checkpoints without a "schema" entry were written before the stamp: schema 1
+SCHEMA = 5  # checkpoints without a "schema" entry were written before the stamp: schema 1
 
 MAX_BYTES_ENV = "XTC_MAX_CHECKPOINT_BYTES"
 DEFAULT_MAX_BYTES = 8 << 30  # ~20x the paper model's last.pt with Adam state (~0.4 GB)
@@ -63,6 +63,13 @@ ADDED_KEYS: dict[str, tuple[int, Any]] = {
     "model.transfers": (4, None),  # every ordered pair: seg2depth, depth2seg
     "loss.lambdas": (4, lambda tree: {}),  # lambda1 (seg) and lambda2 (depth)
     "loss.normal_loss": (4, "cosine"),
+    # schema 5: gradient aggregation and FAMO (issue 13); earlier runs had one backward
+    "loss.aggregator": (5, "none"),
+    "loss.aggregator_args": (5, lambda tree: {}),
+    "loss.objectives": (5, "tasks"),
+    "loss.famo_lr": (5, 0.025),
+    "loss.famo_weight_decay": (5, 1e-3),
+    "train.grad_stats_every": (5, 0),
 }
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 import re
 import types
 import typing
@@ -88,6 +89,14 @@ class LossConfig:
     ssim_max_val: Optional[float] = None  # SSIM dynamic range (seg2depth_loss=ssim); None: the
                                           # dataset's depth range (1 m-range data get max_val=1)
     single_task_weighting: str = "fixed"  # stl-* runs: one loss, no weighting (as the authors)
+    famo_lr: float = 0.025  # weighting=famo: its logits' own Adam (FAMO paper: 0.025)
+    famo_weight_decay: float = 1e-3  # ... and that Adam's decay (paper's Algorithm 2, LibMTL)
+    aggregator: str = "none"  # none (one backward of the weighted total) | a TorchJD aggregator
+                              # over the objectives' Jacobian: upgrad, mgda, pcgrad, cagrad, ...
+                              # (xtc.losses.aggregation.AGGREGATORS); replaces loss.weighting
+    aggregator_args: dict = field(default_factory=dict)  # its arguments, e.g. {c: 0.4} (cagrad)
+    objectives: str = "tasks"  # aggregator's objectives: tasks (one per task group L_a) |
+                               # terms (each direct and each cross-task term; lambda not applied)
 
 
 @dataclass
@@ -123,6 +132,8 @@ class TrainConfig:
                                        # without optimizer state: 1/3 the size) | resumable (last.pt
                                        # with it: --resume can train the run longer) | best (best.pt only)
     grad_cosine_every: int = 0  # log cos(grad direct, grad cross-task) on the encoder every N steps
+    grad_stats_every: int = 0  # log the objectives' gradient statistics on the encoder every N
+                               # steps (norms, cosines, conflicts, Gramian condition; gstat_*)
 
 
 @dataclass
@@ -140,6 +151,7 @@ class Config:
 def _choices() -> dict[str, tuple]:
     """Every closed-choice field and its valid values, read from the registries (so a
     method, weighting or loss kind added there is valid here, and nowhere else lists them)."""
+    from xtc.losses.aggregation import AGGREGATORS, NONE, OBJECTIVES
     from xtc.losses.cross_task import CROSS_TASK_MODES
     from xtc.losses.weighting import UNCERTAINTY_FORMS, WEIGHTINGS
     from xtc.tasks import METHODS
@@ -153,6 +165,8 @@ def _choices() -> dict[str, tuple]:
         "loss.weighting": tuple(WEIGHTINGS.names()),
         "loss.single_task_weighting": tuple(WEIGHTINGS.names()),
         "loss.uncertainty_form": UNCERTAINTY_FORMS,
+        "loss.aggregator": (NONE, *AGGREGATORS.names()),
+        "loss.objectives": OBJECTIVES,
         "loss.depth_loss": DEPTH_KINDS,
         "loss.seg2depth_loss": INTO_DEPTH,
         "loss.depth2seg_loss": INTO_SEG,
@@ -184,6 +198,8 @@ _BOUNDS = {
     "train.seed": (0, 2**63 - 1), "train.max_steps_per_epoch": (1, 10**9),
     "train.eval_batch_size": (1, 65_536), "train.max_skipped_fraction": (0.0, 1.0),
     "train.checkpoint_every": (0, 10**9), "train.grad_cosine_every": (0, 10**9),
+    "train.grad_stats_every": (0, 10**9),
+    "loss.famo_lr": (0.0, 10.0), "loss.famo_weight_decay": (0.0, 10.0),
 }
 _ALIAS_NODE_LIMIT = 10_000  # YAML nodes after alias expansion (a config has ~100)
 
@@ -285,6 +301,7 @@ def validate(cfg: Config) -> None:
     if not (cfg.train.device in ("auto", "cpu", "cuda") or cfg.train.device.startswith("cuda:")):
         raise ConfigError(f"train.device={cfg.train.device!r}; use auto, cpu, cuda or cuda:N")
     tasks = _validate_tasks(cfg)
+    _validate_aggregation(cfg)
     from xtc.tasks import METHODS, transfers_of
 
     valid = select_names(tasks, cross_task=METHODS.get(cfg.model.method).transfers,
@@ -301,6 +318,29 @@ def validate(cfg: Config) -> None:
                           "train.protocol=mtan (no selection)")
     if cfg.data.split_seed is None:  # the rule: the val split and augmentation follow train.seed
         cfg.data.split_seed = cfg.train.seed
+
+
+def _validate_aggregation(cfg: Config) -> None:
+    """``loss.aggregator_args`` against the aggregator's arguments; an aggregator replaces
+    the loss weighting, which is then recorded as ``fixed`` (what ran), with a warning when
+    another weighting was asked for."""
+    from xtc.losses.aggregation import NONE, check_arguments
+
+    loss = cfg.loss
+    if loss.aggregator == NONE:
+        if loss.aggregator_args:
+            raise ConfigError(f"loss.aggregator_args={loss.aggregator_args} without an "
+                              f"aggregator; set loss.aggregator (e.g. upgrad) or drop the args")
+        return
+    try:
+        check_arguments(loss.aggregator, loss.aggregator_args)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if loss.weighting != "fixed":
+        warnings.warn(f"loss.aggregator={loss.aggregator} balances the objectives itself: "
+                      f"loss.weighting={loss.weighting} is not applied (recorded as fixed)",
+                      stacklevel=3)
+        loss.weighting = "fixed"
 
 
 def _validate_tasks(cfg: Config) -> tuple[str, ...]:

@@ -33,6 +33,7 @@ from xtc.data import build_dataset_from_config
 from xtc.data import num_classes as dataset_classes
 from xtc.data.resident import ResidentSplit
 from xtc.losses import build_criterion
+from xtc.losses.aggregation import gradient_statistics, objective_jacobian
 from xtc.metrics import ConsistencyMeter
 from xtc.models import build_model_from_config
 from xtc.tasks import TASKS, is_edge, split_edge
@@ -159,7 +160,7 @@ def build_experiment(cfg: Config, device: Any = None, *, optimizer: bool = True,
     criterion = build_criterion(cfg, model).to(device)
     opt = sched = None
     if optimizer:
-        opt = build_optimizer(cfg, list(model.parameters()) + list(criterion.parameters()))
+        opt = build_optimizer(cfg, list(model.parameters()) + criterion.optimised_parameters())
         sched = torch.optim.lr_scheduler.StepLR(opt, cfg.optim.step_size, cfg.optim.gamma)
     data = cfg.data if cfg.train.protocol == "xtc" else dataclasses.replace(cfg.data,
                                                                             val_fraction=0.0)
@@ -258,10 +259,15 @@ def load_run(path: str | Path, device: Any = None, overrides: list | dict | None
     return LoadedRun(cfg, exp, path, run_dir, doc, payload.get("epoch"))
 
 
-def fit(config: Config, out_dir: str | Path | None = None, resume: bool = False,
+def fit(config: Config, out_dir: str | Path | None = None, resume: bool | str = False,
         progress: bool = True) -> Run:
     """Train ``config`` and return the :class:`Run`; with ``out_dir``, write checkpoints
     (``checkpoints/{last,best}.pt``) and ``results.json`` there.
+
+    ``resume``: False starts a fresh run; True (or ``"strict"``) continues
+    ``out_dir/checkpoints/last.pt`` and fails without it; ``"auto"`` continues ``last.pt``
+    when there is one and starts fresh when there is none (a job preempted before its first
+    checkpoint; what sweeps use).
 
     SIGINT/SIGTERM stop the run after the current step: ``last.pt`` is saved (mid-epoch
     state included) and :class:`TrainingInterrupted` says how to resume.
@@ -289,7 +295,7 @@ def fit(config: Config, out_dir: str | Path | None = None, resume: bool = False,
     net = model if not ctx.active else torch.nn.parallel.DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None)
     state = TrainingState()
-    _check_out_dir(out_dir, resume, cfg, ctx)
+    resume = _check_out_dir(out_dir, resume, cfg, ctx)  # "auto" -> True / False
     _check_eval_fits(model, (watch_set, test_set), device, cfg)
     if resume:
         state = _restore(out_dir, cfg, model, criterion, optimizer, scheduler)
@@ -388,6 +394,12 @@ def train_one_epoch(model, criterion, optimizer, dataset, device, cfg: Config,
     cosines = state.partial.setdefault("cosines", {})
     raw = getattr(model, "module", model)  # the network inside DistributedDataParallel
     every = cfg.train.grad_cosine_every if raw.transfer is not None else 0
+    stats_every = cfg.train.grad_stats_every
+    recompute = criterion.weighting.recomputes_losses
+    if ctx.active and criterion.aggregation is not None:
+        # the aggregator averages Jacobians and task gradients itself (Aggregation.backward):
+        # DDP's own all-reduce in backward would never fire and would wait for it
+        model.require_backward_grad_sync = False
     loader = _loader(dataset, cfg, shuffle=True, epoch=epoch, start_step=first, ctx=ctx)
     steps = min(cfg.train.max_steps_per_epoch or len(dataset), len(dataset) // cfg.train.batch_size)
     bar = tqdm(loader, total=steps, initial=first, desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
@@ -396,8 +408,7 @@ def train_one_epoch(model, criterion, optimizer, dataset, device, cfg: Config,
         if step >= steps:
             break
         # a skipped step must not leave its forward's BatchNorm statistics behind
-        buffers = ({k: b.clone() for k, b in raw.named_buffers()}
-                   if cfg.train.nonfinite == "skip" else None)
+        buffers = _buffers(raw) if cfg.train.nonfinite == "skip" else None
         terms = forward_losses(model, criterion, batch, device, cfg)
         values = _host_values(terms)  # the step's one host sync (a GPU runs ahead otherwise)
         bad = [name for name, value in values.items() if not math.isfinite(value)]
@@ -408,9 +419,7 @@ def train_one_epoch(model, criterion, optimizer, dataset, device, cfg: Config,
         kept = (f"; {last_path} holds the last saved state" if last_path is not None
                 and last_path.is_file() else "; no checkpoint was saved yet")
         if bad and cfg.train.nonfinite == "skip":
-            with torch.no_grad():
-                for name, buffer in raw.named_buffers():
-                    buffer.copy_(buffers[name])
+            _restore_buffers(raw, buffers)
             sums["skipped_fraction"] = sums.get("skipped_fraction", 0.0) + 1  # mean -> fraction
             state.step = step + 1
             # one skipped step per epoch is always allowed: a lone bad batch in a short epoch
@@ -429,7 +438,19 @@ def train_one_epoch(model, criterion, optimizer, dataset, device, cfg: Config,
             for name, value in gradient_cosines(terms, raw.encoder.parameters(),
                                                 raw.tasks).items():
                 cosines.setdefault(name, []).append(value)
-        optimizer_step(terms, optimizer, criterion, ctx)
+        statistics = bool(stats_every) and step % stats_every == 0
+        stats = optimizer_step(terms, optimizer, criterion, ctx,
+                               seed=runtime.derive_seed(cfg.train.seed, epoch, step),
+                               statistics=(raw.encoder.parameters(), cfg.loss.objectives)
+                               if statistics else None)
+        for name, value in (stats or {}).items():
+            cosines.setdefault(name, []).append(value)
+        if recompute:  # FAMO: the group losses after the step, on the same batch
+            statistics_before = _buffers(raw)
+            with torch.no_grad():
+                after = criterion.groups(forward_losses(model, criterion, batch, device, cfg))
+            _restore_buffers(raw, statistics_before)
+            criterion.weighting.update(after)
         for name, value in values.items():
             sums[name] = sums.get(name, 0.0) + value
         state.step = step + 1
@@ -449,6 +470,17 @@ def train_one_epoch(model, criterion, optimizer, dataset, device, cfg: Config,
                                                                dtype=torch.float64, device=device))
         means = {n: float(v) / ctx.world for n, v in zip(names, values)}
     return means
+
+
+def _buffers(model) -> dict[str, torch.Tensor]:
+    return {k: b.clone() for k, b in model.named_buffers()}
+
+
+@torch.no_grad()
+def _restore_buffers(model, saved: dict[str, torch.Tensor]) -> None:
+    """Put back BatchNorm statistics a forward changed (a skipped step, FAMO's recompute)."""
+    for name, buffer in model.named_buffers():
+        buffer.copy_(saved[name])
 
 
 def _host_values(terms: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -494,15 +526,38 @@ def forward_losses(model, criterion, batch: dict, device, cfg: Config) -> dict:
 
 
 def optimizer_step(terms: dict, optimizer, criterion,
-                   ctx: distributed.Context = distributed.Context()) -> None:
-    """The backward half: one backward of the combined loss, one optimiser step, then the
-    weighting's hook (e.g. GradNorm renormalisation). The authors ran two backward passes
-    (L_D then L_S with retain_graph); one pass over the sum gives the same gradients."""
+                   ctx: distributed.Context = distributed.Context(), *,
+                   seed: Optional[int] = None, statistics=None) -> Optional[dict[str, float]]:
+    """The backward half: gradients, one optimiser step, then the weighting's hook (e.g.
+    GradNorm renormalisation).
+
+    Without an aggregator: one backward of the combined loss (the authors ran two, L_D then
+    L_S with retain_graph; one pass over the sum gives the same gradients). With
+    ``loss.aggregator``: Jacobian descent over the objectives (:mod:`xtc.losses.aggregation`;
+    ``seed`` seeds a random aggregator's draws). ``statistics`` = (shared parameters,
+    objectives mode) returns :func:`~xtc.losses.aggregation.gradient_statistics` of the
+    objectives' gradients on those parameters and the applied direction.
+    """
     optimizer.zero_grad(set_to_none=True)
-    terms["total"].backward()
+    aggregation, stats = criterion.aggregation, None
+    if aggregation is not None:
+        stats = aggregation.backward(criterion.objectives(terms, aggregation.mode), ctx=ctx,
+                                     seed=seed, statistics=statistics is not None)
+    else:
+        jacobian = shared = None
+        if statistics is not None:
+            shared = [p for p in statistics[0] if p.requires_grad]
+            objectives = criterion.objectives(terms, statistics[1])
+            jacobian = objective_jacobian(list(objectives.values()), shared, ctx)
+        terms["total"].backward()
+        if jacobian is not None:
+            direction = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p))
+                                   .flatten() for p in shared]).float()
+            stats = gradient_statistics(jacobian, direction, list(objectives))
     distributed.average_gradients(ctx, criterion.parameters())  # DDP covers the model's
     optimizer.step()
     criterion.after_step()
+    return stats
 
 
 def gradient_cosines(terms: dict, parameters, tasks=("seg", "depth")) -> dict[str, float]:
@@ -601,7 +656,23 @@ def write_results(run: Run, train_set, device: torch.device, world: int = 1) -> 
         provenance={**runtime.provenance(device), "dataset_fingerprint": train_set.fingerprint(),
                     "world_size": world,
                     "precision": runtime.resolve_precision(cfg.train.precision, device)},
+        **({"aggregation": aggregation_record(run.model, cfg)}
+           if cfg.loss.aggregator != "none" else {}),
     )
+
+
+def aggregation_record(model, cfg: Config) -> dict:
+    """What results.json says about a run's gradient aggregation."""
+    from importlib.metadata import version
+
+    from xtc.losses.aggregation import JACOBIAN, aggregator_arguments
+
+    names = list(model.tasks) + ([name for name, _, _ in model.edges]
+                                 if cfg.loss.objectives == "terms" else [])
+    return {"aggregator": cfg.loss.aggregator,
+            "args": {**aggregator_arguments(cfg.loss.aggregator), **cfg.loss.aggregator_args},
+            "objectives": cfg.loss.objectives, "objective_names": names,
+            "jacobian": JACOBIAN, "torchjd": version("torchjd")}
 
 
 def protocol(cfg: Config, dataset, reported_epochs: list[int] | None = None) -> dict:
@@ -655,14 +726,28 @@ def _to_device(batch: dict, device: torch.device) -> dict:
             for k, v in batch.items()}
 
 
-def _check_out_dir(out_dir: Path | None, resume: bool, cfg: Config,
-                   ctx: distributed.Context) -> None:
+def _check_out_dir(out_dir: Path | None, resume: bool | str, cfg: Config,
+                   ctx: distributed.Context) -> bool:
     """Before any training: the folder is writable, a fresh run does not land on another
-    run's files, a finished run is not resumed, and stale temporary files are removed."""
+    run's files, a finished run is not resumed, and stale temporary files are removed.
+    Returns whether to resume: ``resume="auto"`` is True when ``last.pt`` exists."""
+    if resume not in (False, True, None, "strict", "auto"):
+        raise ValueError(f"resume={resume!r}: must be False, True ('strict': continue last.pt) "
+                         f"or 'auto' (continue last.pt when there is one, else start fresh)")
+    auto = resume == "auto"
+    resume = bool(resume) and not auto
     if out_dir is None:
-        return
+        return resume
     finished = (out_dir / results.FILENAME).exists()
     saved = sorted(p.name for p in (out_dir / "checkpoints").glob("*.pt"))
+    if auto and finished:
+        raise FileExistsError(f"--resume auto: {out_dir} already holds a finished run "
+                              f"(results.json); nothing to resume. Choose another --out folder, "
+                              f"or pass --resume --set train.epochs=N to train it longer")
+    if auto:
+        # no last.pt: stopped before its first checkpoint; a best.pt it left is rewritten
+        resume = (out_dir / "checkpoints" / "last.pt").is_file()
+        saved = saved if resume else []
     if not resume and finished:
         raise FileExistsError(f"{out_dir} already holds a finished run (results.json); choose "
                               f"another --out folder or pass --resume to continue it")
@@ -677,7 +762,7 @@ def _check_out_dir(out_dir: Path | None, resume: bool, cfg: Config,
                                   f"train.epochs={cfg.train.epochs} epochs, results.json written); "
                                   f"nothing to resume. To train longer, add --set train.epochs=N")
     if not ctx.is_main:
-        return
+        return resume
     try:
         (out_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         probe = out_dir / f".write-test-{os.getpid()}"
@@ -688,6 +773,7 @@ def _check_out_dir(out_dir: Path | None, resume: bool, cfg: Config,
                          f"choose a writable --out folder") from None
     for stale in (out_dir / "checkpoints").glob(".*.tmp"):  # left by saves that were killed
         stale.unlink(missing_ok=True)
+    return resume
 
 
 def _check_eval_fits(model, datasets, device, cfg: Config) -> None:
@@ -719,6 +805,10 @@ def _check_distributed(cfg: Config, ctx: distributed.Context) -> None:
     if cfg.loss.weighting == "gradnorm" or cfg.train.grad_cosine_every:
         raise ValueError("loss.weighting=gradnorm and train.grad_cosine_every take extra "
                          "gradients outside DistributedDataParallel; run them in one process")
+    if cfg.loss.weighting == "famo":
+        raise ValueError("loss.weighting=famo under torchrun: FAMO's update uses each rank's "
+                         "own loss values, so the ranks' weights would drift apart; train FAMO "
+                         "in one process")
 
 
 def _selection_score(cfg: Config, watched: dict, history: list[dict], tasks) -> float | None:

@@ -30,10 +30,11 @@ from xtc.losses.cross_task import (CrossTaskLoss, alignment_loss, consistency_lo
                                    cross_task_loss, depth2seg_loss, edge_terms, pseudo_targets,
                                    seg2depth_loss, ssim_dissimilarity)
 from xtc.losses.direct import DepthLoss, NormalLoss, SegLoss, depth_loss, normal_loss, seg_loss
+from xtc.losses.aggregation import AGGREGATORS, NONE as NO_AGGREGATOR, Aggregation
 from xtc.losses.weighting import WEIGHTINGS, Weighting, build_weighting
 from xtc.tasks import METHODS, TASKS, Task, lambdas_of, split_edge, transfers_of
 
-__all__ = ["Criterion", "CrossTaskLoss", "DepthLoss", "NormalLoss", "SegLoss", "WEIGHTINGS",
+__all__ = ["AGGREGATORS", "Aggregation", "Criterion", "CrossTaskLoss", "DepthLoss", "NormalLoss", "SegLoss", "WEIGHTINGS",
            "Weighting", "alignment_loss", "build_criterion", "build_weighting",
            "consistency_loss", "cross_task_loss", "depth2seg_loss", "depth_loss", "edge_terms",
            "normal_loss", "pseudo_targets", "seg2depth_loss", "seg_loss", "ssim_dissimilarity",
@@ -55,7 +56,8 @@ class Criterion(nn.Module):
 
     def __init__(self, tasks: dict[str, Task], weighting: Weighting,
                  lambdas: Optional[dict[str, float]] = None,
-                 cross_task: Optional[CrossTaskLoss] = None):
+                 cross_task: Optional[CrossTaskLoss] = None,
+                 aggregation: Optional[Aggregation] = None):
         super().__init__()
         self.task_specs = dict(tasks)
         self.tasks = tuple(tasks)
@@ -64,21 +66,40 @@ class Criterion(nn.Module):
         self.cross_task = cross_task
         self.edges = list(cross_task.edges) if cross_task is not None else []
         self.outgoing = {t: [e for e in self.edges if split_edge(e)[0] == t] for t in self.tasks}
+        self.aggregation = aggregation  # None: one backward of ``total``
 
     def forward(self, predictions: dict[str, torch.Tensor],
                 batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         terms = {t: task.loss(predictions[t], batch) for t, task in self.task_specs.items()}
-        groups = dict(terms)
         if self.cross_task is not None and self.edges and self.edges[0] in predictions:
             terms.update(self.cross_task(predictions, batch))
-            for t, out in self.outgoing.items():
-                if not out:
-                    continue
-                cross = terms[out[0]] if len(out) == 1 else torch.stack(
-                    [terms[e] for e in out]).mean()
-                groups[t] = (1 - self.lambdas[t]) * terms[t] + self.lambdas[t] * cross
-        terms["total"] = self.weighting(groups)
+        terms["total"] = self.weighting(self.groups(terms))
         return terms
+
+    def groups(self, terms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """L_a per task from the loss terms (the module docstring's grouping)."""
+        groups = {t: terms[t] for t in self.tasks}
+        for t, out in self.outgoing.items():
+            if not out or out[0] not in terms:
+                continue
+            cross = terms[out[0]] if len(out) == 1 else torch.stack([terms[e] for e in out]).mean()
+            groups[t] = (1 - self.lambdas[t]) * terms[t] + self.lambdas[t] * cross
+        return groups
+
+    def objective_names(self, mode: str = "tasks") -> tuple[str, ...]:
+        """The aggregator's objectives: the task groups (``tasks``), or every direct and
+        cross-task term (``terms``), in a fixed order."""
+        return self.tasks if mode == "tasks" else (*self.tasks, *self.edges)
+
+    def objectives(self, terms: dict[str, torch.Tensor], mode: str = "tasks"
+                   ) -> dict[str, torch.Tensor]:
+        """The objectives of :meth:`objective_names` from a step's loss terms."""
+        return self.groups(terms) if mode == "tasks" else {
+            n: terms[n] for n in self.objective_names(mode)}
+
+    def optimised_parameters(self) -> list[nn.Parameter]:
+        """What the run's optimiser steps besides the model (learned loss weights)."""
+        return self.weighting.optimised_parameters()
 
     def after_step(self) -> None:
         """Call after ``optimizer.step()`` (GradNorm renormalises its weights)."""
@@ -104,7 +125,7 @@ def build_criterion(config: Any, model: Optional[nn.Module] = None,
     """Build the criterion from a full :class:`xtc.config.Config`.
 
     ``model`` is needed for ``loss.weighting=gradnorm`` (its ``last_shared_layer()``) and
-    gives the number of classes (else ``num_classes``, else the dataset's). Single-task
+    for ``loss.aggregator`` (its encoder's features), and gives the number of classes (else ``num_classes``, else the dataset's). Single-task
     methods use ``loss.single_task_weighting`` (default ``fixed``: one loss needs no
     balancing, and the authors' STL runs had none; uncertainty weighting would rescale it).
     """
@@ -123,13 +144,22 @@ def build_criterion(config: Any, model: Optional[nn.Module] = None,
     weighting = build_weighting(weighting_name, tuple(tasks),
                                 uncertainty_form=loss.uncertainty_form,
                                 gradnorm_alpha=loss.gradnorm_alpha,
-                                dwa_temperature=loss.dwa_temperature, shared_parameter=shared)
+                                dwa_temperature=loss.dwa_temperature,
+                                famo_lr=loss.famo_lr, famo_weight_decay=loss.famo_weight_decay,
+                                shared_parameter=shared)
     cross = None
     if method.transfers:
         cross = CrossTaskLoss(loss.cross_task, loss.seg2depth_loss, loss.depth2seg_loss,
                               loss.label_smoothing, ssim_max_val(config),
                               edges=transfers_of(config), tasks=tasks)
-    return Criterion(tasks, weighting, lambdas_of(config), cross)
+    criterion = Criterion(tasks, weighting, lambdas_of(config), cross)
+    if loss.aggregator != NO_AGGREGATOR:
+        criterion.aggregation = Aggregation(loss.aggregator,
+                                            criterion.objective_names(loss.objectives),
+                                            loss.aggregator_args, loss.objectives)
+        if model is not None:
+            criterion.aggregation.attach(model)
+    return criterion
 
 
 def ssim_max_val(config: Any) -> float:

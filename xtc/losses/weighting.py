@@ -2,7 +2,9 @@
 
 One small interface, :class:`Weighting`: ``forward(groups) -> total``, ``after_step()`` (after
 ``optimizer.step()``), ``end_epoch(reduce)`` (once per epoch) and ``weights()`` for logging. The
-names are the ``WEIGHTINGS`` registry: ``fixed``, ``uncertainty``, ``gradnorm``, ``dwa``.
+names are the ``WEIGHTINGS`` registry: ``fixed``, ``uncertainty``, ``gradnorm``, ``dwa``,
+``famo`` (TorchJD's scalarizer). Gradient aggregators (MGDA, UPGrad, ...) are not
+weightings: see :mod:`xtc.losses.aggregation`.
 Learnable weights are ``nn.Parameter``s, optimised with the network by the same optimiser.
 
 State (DWA's loss sums, GradNorm's L(0)) changes in ``after_step`` only: ``forward`` stashes
@@ -13,6 +15,7 @@ the stash. The stash is a plain attribute, not a buffer: it is never in a checkp
 
 from __future__ import annotations
 
+import copy
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -53,6 +56,18 @@ class Weighting(nn.Module):
     def weights(self) -> dict[str, float]:
         """The current multiplier of every group, for logging."""
         return {n: 1.0 for n in self.names}
+
+    # FAMO learns from the losses *after* the step, on the same batch: the trainer recomputes
+    # them (no gradient, BatchNorm statistics restored) and calls ``update``.
+    recomputes_losses = False
+
+    def update(self, groups: dict[str, torch.Tensor]) -> None:
+        """Called after ``after_step`` with the group losses recomputed on the step's batch
+        (only when ``recomputes_losses``)."""
+
+    def optimised_parameters(self) -> list[torch.nn.Parameter]:
+        """The parameters the run's optimiser steps (FAMO steps its logits itself)."""
+        return list(self.parameters())
 
 
 @WEIGHTINGS.register("fixed")
@@ -228,8 +243,66 @@ class DWAWeighting(Weighting):
         return dict(zip(self.names, self.current.tolist()))
 
 
+@WEIGHTINGS.register("famo")
+class FamoWeighting(Weighting):
+    """FAMO, Fast Adaptive Multitask Optimization (Liu, Liu, Jin, Stone, Liu, NeurIPS 2023),
+    through TorchJD's scalarizer ``torchjd.scalarization.FAMO``:
+
+        total = c sum_i z_i log(L_i + eps),  z = softmax(w),  c = sg(1 / sum_i z_i / (L_i + eps))
+
+    so one backward gives a convex combination of the group gradients, weighted towards the
+    groups whose loss falls slowest. The logits w are not trained by that backward: after the
+    step, the trainer recomputes the group losses on the same batch and :meth:`update` takes
+    one step of FAMO's own Adam (``loss.famo_lr``, ``loss.famo_weight_decay``) on
+    log L_before - log L_after. The logits and that Adam's state are in the criterion's
+    state_dict, so a resume continues exactly. Outside training the total is the plain sum
+    of the groups; ``weights()`` reports z.
+    """
+
+    recomputes_losses = True
+
+    def __init__(self, names: Sequence[str], lr: float = 0.025, weight_decay: float = 1e-3):
+        super().__init__(names)
+        from torchjd.scalarization import FAMO
+
+        self.famo = FAMO(len(self.names), lr=lr, weight_decay=weight_decay)
+
+    def forward(self, groups: dict[str, torch.Tensor]) -> torch.Tensor:
+        losses = self.stack(groups)
+        if not (self.training and torch.is_grad_enabled()):
+            return losses.sum()
+        return self.famo(losses)
+
+    def update(self, groups: dict[str, torch.Tensor]) -> None:
+        self.famo.update(self.stack(groups).detach())
+
+    def optimised_parameters(self) -> list[torch.nn.Parameter]:
+        return []
+
+    def weights(self) -> dict[str, float]:
+        z = torch.softmax(self.famo._w.detach().flatten(), dim=0)
+        return dict(zip(self.names, z.tolist()))
+
+    # FAMO's Adam lives outside any module (torchjd 0.18: ``FAMO._optimizer``, created on the
+    # first update): carry its state in the state_dict
+    def get_extra_state(self) -> dict:
+        opt = self.famo._optimizer
+        return {"adam": opt.state_dict() if opt is not None else None}
+
+    def set_extra_state(self, state: dict) -> None:
+        if state.get("adam") is None:
+            self.famo._optimizer = None
+            return
+        self.famo._optimizer = torch.optim.Adam([self.famo._w], lr=self.famo.lr,
+                                                weight_decay=self.famo.weight_decay)
+        # a copy: Adam.load_state_dict keeps the given tensors, which an in-process
+        # state_dict() shares with the live optimizer
+        self.famo._optimizer.load_state_dict(copy.deepcopy(state["adam"]))
+
+
 def build_weighting(name: str, names: Sequence[str], *, uncertainty_form: str = "kendall",
                     gradnorm_alpha: float = 0.16, dwa_temperature: float = 2.0,
+                    famo_lr: float = 0.025, famo_weight_decay: float = 1e-3,
                     shared_parameter: torch.Tensor | None = None) -> Weighting:
     """Build the weighting registered as ``name`` for the loss groups ``names``."""
     cls = WEIGHTINGS.get(name)
@@ -242,4 +315,6 @@ def build_weighting(name: str, names: Sequence[str], *, uncertainty_form: str = 
         return cls(names, shared_parameter, alpha=gradnorm_alpha)
     if cls is DWAWeighting:
         return cls(names, temperature=dwa_temperature)
+    if cls is FamoWeighting:
+        return cls(names, lr=famo_lr, weight_decay=famo_weight_decay)
     return cls(names)
