@@ -77,7 +77,8 @@ def _train(args) -> int:
     from xtc import config, train
 
     cfg = config.load(args.config, args.set or [])
-    run = train.fit(cfg, out_dir=args.out, resume=args.resume, progress=not args.quiet)
+    resume = {None: False, "strict": True, "auto": "auto"}[args.resume]
+    run = train.fit(cfg, out_dir=args.out, resume=resume, progress=not args.quiet)
     summary = {"out_dir": str(args.out), "best_epoch": run.best_epoch + 1,
                "wall_time_s": round(run.wall_time_s, 1),
                "test": {k: v for k, v in run.test_metrics.items() if not isinstance(v, list)}}
@@ -184,14 +185,16 @@ def _prepare(args) -> int:
 def _report(args) -> int:
     from xtc import report
 
-    records = report.run_preset(args.preset, reports_dir=args.reports_dir, workers=args.workers)
+    records = report.run_preset(args.preset, reports_dir=args.reports_dir, workers=args.workers,
+                                executor=_executor_options(args))
     return _print_records(records, args.reports_dir)
 
 
 def _sweep(args) -> int:
     from xtc import report
 
-    records = report.run_sweep(args.file, workers=args.workers, reports_dir=args.reports_dir)
+    records = report.run_sweep(args.file, workers=args.workers, reports_dir=args.reports_dir,
+                               executor=_executor_options(args))
     return _print_records(records, args.reports_dir)
 
 
@@ -208,6 +211,36 @@ def _print_records(records: list, reports_dir: Path) -> int:
         print(f"{r['status']:8s} {r['name']}" + (f"  {r['error']} -> {r['notebook']}" if r["error"] else ""))
     print(f"index: {Path(reports_dir) / 'index.html'}")
     return 1 if any(r["status"] == "failed" for r in records) else 0
+
+
+def _add_executor_options(parser: argparse.ArgumentParser) -> None:
+    """--executor local|slurm and the Slurm job options (each overrides the plan's
+    ``executor:`` mapping; see xtc.executors)."""
+    group = parser.add_argument_group("executor", "where the training runs execute (default: "
+                                      "the plan's 'executor:' key, else local)")
+    group.add_argument("--executor", choices=["local", "slurm"], default=None,
+                       help="local: processes on this machine; slurm: one task of a Slurm job "
+                       "array per run, through submitit")
+    group.add_argument("--partition", help="slurm: partition to submit to")
+    group.add_argument("--account", help="slurm: account to charge")
+    group.add_argument("--qos", help="slurm: quality of service")
+    group.add_argument("--gpus-per-task", type=int, help="slurm: GPUs per run (default 0)")
+    group.add_argument("--cpus-per-task", type=int, help="slurm: CPU cores per run (default 1)")
+    group.add_argument("--mem-gb", type=float, help="slurm: memory per run in GB (default 4)")
+    group.add_argument("--time-min", type=int, help="slurm: time limit per run in minutes "
+                       "(default 60; a run past it is checkpointed and requeued)")
+    group.add_argument("--max-parallel", type=int, help="slurm: runs of the array running at "
+                       "once (default: all)")
+
+
+def _executor_options(args) -> dict:
+    """The executor options given on the command line (None: not given)."""
+    keys = ("executor", "partition", "account", "qos", "gpus_per_task", "cpus_per_task",
+            "mem_gb", "time_min", "max_parallel")
+    given = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+    if "executor" in given:
+        given["kind"] = given.pop("executor")
+    return given
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -227,7 +260,10 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
                        help="override a config value (repeatable), e.g. loss.lambda1=0.01")
     train.add_argument("--out", required=True, type=Path, help="run folder to write")
-    train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
+    train.add_argument("--resume", nargs="?", const="strict", choices=["strict", "auto"],
+                       help="continue from OUT/checkpoints/last.pt (bare --resume: it must "
+                       "exist); --resume auto: continue it when there is one, else start fresh "
+                       "(what a requeued cluster job does)")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     train.set_defaults(func=_train)
 
@@ -260,12 +296,14 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--preset", required=True, help="preset name, e.g. demo or smoke")
     report.add_argument("--reports-dir", type=Path, default=Path("reports"))
     report.add_argument("--workers", type=int, default=1, help="training runs in parallel")
+    _add_executor_options(report)
     report.set_defaults(func=_report)
 
     sweep = sub.add_parser("sweep", help="run a sweep YAML (grid: or runs:) and summarise it")
     sweep.add_argument("file", type=Path, help="e.g. configs/sweeps/lambda.yaml")
     sweep.add_argument("--workers", type=int, default=1, help="runs in parallel")
     sweep.add_argument("--reports-dir", type=Path, default=Path("reports"))
+    _add_executor_options(sweep)
     sweep.set_defaults(func=_sweep)
 
     app = sub.add_parser("app", help="serve the prediction explorer as a Voilà app",

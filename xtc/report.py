@@ -59,12 +59,15 @@ TRAIN_NOTEBOOK = "notebooks/02_train.ipynb"
 SUMMARY_NOTEBOOK = "notebooks/90_summary.ipynb"
 STATUS = "status.json"
 PATH_PARAMS = ("config", "data_root", "runs_dir", "run_a", "run_b", "run_dir", "checkpoint")
-PLAN_KEYS = {"name", "description", "notebook", "parameters", "grid", "runs", "analysis"}
+PLAN_KEYS = {"name", "description", "notebook", "parameters", "grid", "runs", "analysis",
+             "executor"}  # executor: local | slurm | {kind: slurm, partition: ...} (xtc.executors)
 ANALYSIS_KEYS = {"notebook", "parameters", "name"}
 RUN_FIELDS = ("name", "seeds")  # plan fields of a ``runs:`` item that are not notebook parameters
 ATTEMPTS = ".attempts"  # <plan>/.attempts/<run>-<timestamp>/: earlier attempts, moved aside
 LOCK = ".lock"
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+# where a run executed, recorded in its status.json (set by xtc.executors for Slurm tasks)
+RUNTIME_FIELDS = ("executor", "job_id", "slurm_restarts", "log")
 
 
 class ExecutionFailed(RuntimeError):
@@ -186,6 +189,9 @@ def load_plan(path: str | Path) -> dict:
         if not isinstance(item["notebook"], str) or not isinstance(item.get("parameters") or {}, dict):
             raise ValueError(f"{path}: field 'analysis[{i}]': 'notebook' must be a path and "
                              f"'parameters' a mapping")
+    from xtc import executors
+
+    executors.parse(plan.get("executor"), str(path))
     plan.setdefault("name", path.stem)
     plan.setdefault("analysis", [{"notebook": SUMMARY_NOTEBOOK, "parameters": {"runs_dir": "$runs"}}])
     _check_names(plan, path)
@@ -408,23 +414,29 @@ def _resolve(value: Any, key: str, plan_dir: Path) -> Any:
 
 # --------------------------------------------------------------------------- running
 def run_preset(name: str, reports_dir: str | Path = "reports", workers: int = 1,
-               progress: bool = True) -> list[dict]:
+               progress: bool = True, executor: dict | str | None = None) -> list[dict]:
     """Run ``configs/reports/<name>.yaml`` into ``<reports_dir>/<name>/``; see :func:`run_plan`."""
     path = PRESETS_DIR / f"{name}.yaml"
     if not path.is_file():
         raise ValueError(f"unknown preset {name!r}; choose one of {list_presets()}")
-    return run_plan(path, reports_dir, workers, progress)
+    return run_plan(path, reports_dir, workers, progress, executor)
 
 
 def run_sweep(path: str | Path, workers: int = 1, reports_dir: str | Path = "reports",
-              progress: bool = True) -> list[dict]:
+              progress: bool = True, executor: dict | str | None = None) -> list[dict]:
     """Run a sweep YAML (``grid:`` or ``runs:``) then 90_summary over it; see :func:`run_plan`."""
-    return run_plan(path, reports_dir, workers, progress)
+    return run_plan(path, reports_dir, workers, progress, executor)
 
 
 def run_plan(path: str | Path, reports_dir: str | Path = "reports", workers: int = 1,
-             progress: bool = True) -> list[dict]:
+             progress: bool = True, executor: dict | str | None = None) -> list[dict]:
     """Execute a plan's training runs (``workers`` in parallel), then its analysis notebooks.
+
+    ``executor`` (``"local"``, ``"slurm"`` or ``{"kind": "slurm", "partition": ...}``, see
+    :mod:`xtc.executors`) overrides the plan's ``executor:`` key; with ``slurm`` every
+    training run is one task of a Slurm job array and ``workers`` is not used (analysis
+    notebooks run here, after the runs). Training runs use ``resume="auto"`` when the
+    notebook takes ``resume``, so a requeued task continues from its last.pt.
 
     Returns one record per notebook (name, kind, status ok|failed|skipped|moved, error,
     paths, seconds), also written to ``<reports_dir>/<plan>/plan.json``; rebuilds the
@@ -432,14 +444,25 @@ def run_plan(path: str | Path, reports_dir: str | Path = "reports", workers: int
     """
     from tqdm.auto import tqdm
 
+    from xtc import executors
+
     plan = load_plan(path)
     if workers < 1:
         raise ValueError(f"--workers {workers}: must be at least 1")
+    if isinstance(executor, str):
+        executor = {"kind": executor}
+    options = executors.resolve(plan.get("executor"), executor, str(path))
+    if options["kind"] == "slurm":
+        executors.check_slurm()
     plan_dir = (Path(reports_dir) / _folder_name(plan["name"], "name")).resolve()
     notebook = plan.get("notebook", TRAIN_NOTEBOOK)
     train_nb = _resolve(notebook, "notebook", plan_dir)
+    # "auto": a run requeued after preemption continues from its last.pt (a fresh folder
+    # starts fresh); not part of the spec, so it never makes a finished run look changed
+    resume = {"resume": "auto"} if "resume" in notebook_parameters(train_nb) else {}
     tasks = [{"name": name, "kind": "train", "notebook": train_nb, "out_dir": str(plan_dir / name),
-              "parameters": {**_resolve(params, "", plan_dir), "out_dir": str(plan_dir / name)},
+              "parameters": {**resume, **_resolve(params, "", plan_dir),
+                             "out_dir": str(plan_dir / name)},
               "spec": _jsonable({"notebook": notebook, **params})}
              for name, params in ((_folder_name(n, "runs"), p) for n, p in expand_runs(plan))]
     analysis = []
@@ -457,7 +480,11 @@ def run_plan(path: str | Path, reports_dir: str | Path = "reports", workers: int
     threads = max(1, (os.cpu_count() or 1) // workers)
     with plan_lock(plan_dir):
         records, todo = [], []
+        # Slurm jobs of an earlier sweep that are still queued or running: waited for
+        adopted = executors.live_runs(tasks) if options["kind"] == "slurm" else {}
         for task in tasks:
+            if task["name"] in adopted:
+                continue
             done, reason = _check_done(task)
             if done:
                 records.append(done)
@@ -470,8 +497,11 @@ def run_plan(path: str | Path, reports_dir: str | Path = "reports", workers: int
         records += _retire(plan_dir, {t["name"] for t in tasks + analysis})
         bar = tqdm(total=len(tasks) + len(analysis), desc=f"report {plan['name']}", unit="nb",
                    disable=not progress)
-        bar.update(len(tasks) - len(todo))
-        if workers == 1 or len(todo) <= 1:
+        bar.update(len(tasks) - len(todo) - len(adopted))
+        if options["kind"] == "slurm":
+            records += executors.run_slurm(todo, plan_dir, options, adopted, plan["name"],
+                                           on_done=lambda record: bar.update())
+        elif workers == 1 or len(todo) <= 1:
             for task in todo:
                 records.append(_run_task(task, threads))
                 bar.update()
@@ -651,7 +681,7 @@ def _run_task(task: dict, threads: int) -> dict:
               "notebook": str(out / Path(task["notebook"]).name),
               "html": str(out / (Path(task["notebook"]).stem + ".html")),
               "parameters": task["parameters"], "threads": threads}
-    for key in ("spec", "rerun_reason", "previous_attempt"):
+    for key in ("spec", "rerun_reason", "previous_attempt", *RUNTIME_FIELDS):
         if key in task:
             record[key] = task[key]
     try:
@@ -702,7 +732,7 @@ def build_index(reports_dir: str | Path = "reports") -> Path:
         problems.append(f"<li><b>{html.escape(_rel(path, root))}</b>: {html.escape(reason)}</li>")
 
     for plan_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        rows, readable = [], []
+        rows, readable, job_cells, pending = [], [], {}, 0
         plan_records, why = _load_json(plan_dir / "plan.json", list)
         if why:
             problem(plan_dir / "plan.json", f"{why}; runs are listed by name instead "
@@ -739,12 +769,21 @@ def build_index(reports_dir: str | Path = "reports") -> Path:
             links = " ".join(f'<a href="{html.escape(str(f.relative_to(root)))}">{f.suffix[1:]}</a>'
                              for f in sorted(run.glob("*")) if f.suffix in (".html", ".ipynb")
                              or f.name == "results.json")
+            job = status.get("job_id")
+            if job:  # a Slurm task: its job id, linked to its log (<run>/slurm.log)
+                log = run / "slurm.log"
+                restarts = status.get("slurm_restarts") or 0
+                label = html.escape(str(job)) + (f" ({restarts} requeue(s))" if restarts else "")
+                job_cells[run.name] = (f'<a href="{html.escape(str(log.relative_to(root)))}">'
+                                       f'{label}</a>' if log.exists() else label)
             cells = {"run": run.name, "method": row.get("method") or "",
                      "cross-task": row.get("cross_task") or "",
                      "seed": "" if row.get("seed") is None else row["seed"]}
             cells.update({summary.LABELS[m]: f"{row['metrics'][m]:.4f}" if m in row["metrics"] else ""
                           for m in METRICS})
             rows.append({**cells, "status": state, "files": links})
+            if state in ("queued", "running", "requeued", "interrupted"):
+                pending += 1
             if state == "failed":
                 nb = Path(str(status.get("notebook") or run))
                 failures.append(
@@ -757,9 +796,14 @@ def build_index(reports_dir: str | Path = "reports") -> Path:
         note = (f"<p>{moved} earlier attempt(s) moved aside in {html.escape(plan_dir.name)}/"
                 f"{ATTEMPTS}/ (each MOVED_ASIDE.json says why); they are not in this table.</p>"
                 if moved else "")
+        if job_cells:  # Slurm runs: a column with each run's job id (and its log)
+            for row in rows:
+                row["slurm job"] = job_cells.get(row["run"], "")
+            note += (f"<p>{pending} run(s) still queued, running or requeued on Slurm; rerun "
+                     f"the sweep to wait for them.</p>" if pending else "")
         if rows:
             sections.append(f"<h2>{html.escape(plan_dir.name)}</h2>"
-                            f"{summary.to_html(rows, raw=('files',), row_class='status')}{note}"
+                            f"{summary.to_html(rows, raw=('files', 'slurm job'), row_class='status')}{note}"
                             f"{_index_comparison(readable, len(rows))}")
     fail_html = (f"<h2>Failures</h2><ul>{''.join(failures)}</ul>" if failures
                  else "<p>No failed runs.</p>")
@@ -769,7 +813,8 @@ def build_index(reports_dir: str | Path = "reports") -> Path:
                  if problems else "")
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>xtc reports</title><style>"
             f"body{{font-family:sans-serif}}td,th{{padding:2px 8px;border-bottom:1px solid #ddd}}"
-            f"tr.failed,tr.unreadable,tr.changed{{background:#fdd}}</style></head><body>"
+            f"tr.failed,tr.unreadable,tr.changed{{background:#fdd}}"
+            f"tr.queued,tr.running,tr.requeued,tr.interrupted{{background:#ffd}}</style></head><body>"
             f"<h1>xtc reports</h1>"
             f"<p>Metrics are test-split values from each run's results.json (its protocol "
             f"section states the mIoU formula, depth units and model selection); "
