@@ -22,8 +22,10 @@ Jacobian through the features) does not fit this model: it assumes one last shar
 representation, while the decoders read all five encoder levels (skip connections), and
 its chain rule through nested features counts the deeper paths twice (the early layers'
 rows came out 5-50% off; tests/test_aggregation.py checks the Jacobian against plain
-autograd). TorchJD's Gramian engine (``autogram``) needs ``batch_dim=None`` here because of
-the encoder's BatchNorm, where it is slower (bench/aggregators.py, bench/RESULTS.md).
+autograd). TorchJD's Gramian engine (``autogram``, ``batch_dim=None`` because of the
+encoder's BatchNorm) gives the same step for Gramian-based aggregators without holding the
+K x P Jacobian: less memory, not faster here at 8-9 objectives (bench/aggregators.py
+compares the two; not yet an option of xtc).
 Decoders and transfer nets are task-specific: they get the sum of their objectives'
 gradients from the same backward passes, as in plain gradient descent.
 
