@@ -32,12 +32,15 @@ demo: setup
 quick: setup
 	$(PY) -m xtc train --config configs/synthetic-quick.yaml --out $(RUN)
 
-# Unit, integration and browser tests, and every notebook under nbval with its defaults.
+# Lint (ruff, line length 100), then unit, integration and browser tests, every notebook
+# under nbval with its defaults, and every docstring example in xtc/.
 test: setup
-	MPLBACKEND=agg $(PY) -m pytest -q --nbval-lax tests notebooks
+	$(PY) -m ruff check .
+	MPLBACKEND=agg $(PY) -m pytest -q --nbval-lax --doctest-modules tests notebooks xtc
 
 test-fast: setup
-	MPLBACKEND=agg $(PY) -m pytest -q -m "not slow" tests
+	$(PY) -m ruff check .
+	MPLBACKEND=agg $(PY) -m pytest -q -m "not slow" --doctest-modules tests xtc
 
 clean-notebooks: setup
 	$(PY) tools/clean_notebooks.py

@@ -6,8 +6,22 @@ Kernels and subprocesses inherit the variable from this process."""
 import os
 import shutil
 import tempfile
+from pathlib import Path
+
+import pytest
 
 _OWNED = "_xtc_test_runs_dir"
+# `pytest --doctest-modules xtc` imports every module; the entry point would run the CLI
+collect_ignore = ["xtc/__main__.py"]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _doctest_tiny(doctest_namespace):
+    """Docstring examples get ``tiny``: configs/tiny.yaml on the CPU (seconds to train)."""
+    from xtc import config
+
+    doctest_namespace["tiny"] = config.load(Path(__file__).parent / "configs" / "tiny.yaml",
+                                            {"train.device": "cpu"})
 
 
 def pytest_configure(config):

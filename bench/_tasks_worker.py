@@ -7,7 +7,7 @@ the current code both have: ``xtc.config.load``, ``xtc.models.build_model_from_c
 num_classes)``, ``xtc.losses.build_criterion(cfg, model)``, ``xtc.train.build_optimizer(cfg,
 params)``, ``xtc.train.forward_losses(model, criterion, batch, device, cfg)``,
 ``xtc.train.optimizer_step(terms, optimizer, criterion)`` and
-``xtc.profiling.synthetic_batch``. The model is placed as ``xtc.train.place_model`` does
+``xtc.analysis.profiling.synthetic_batch``. The model is placed as ``xtc.train.place_model`` does
 (device, then channels_last when ``train.channels_last``), and the batch keeps only the
 two-task keys (the current synthetic city also renders normals; the old one does not).
 
@@ -62,7 +62,7 @@ def main(argv=None) -> None:
     from xtc import config as xconfig
     from xtc.losses import build_criterion
     from xtc.models import build_model_from_config
-    from xtc.profiling import synthetic_batch
+    from xtc.analysis.profiling import synthetic_batch
     from xtc.train import build_optimizer, forward_losses, optimizer_step
 
     device = torch.device(args.device)

@@ -11,8 +11,9 @@
 * Training: images/s of OUR step at the paper configuration (bench/train_step.py's step with
   ``--train-variant``), a few steps.
 * ``loader_images_per_s`` = the fastest loading setting on the ``.npy`` folder (the
-  training path for real data; DataLoader or resident); ``ratio`` = loader / training images/s. The training steps
-  alternate with full passes of that loader (``ratio_alternating`` uses those passes).
+  training path for real data; DataLoader or resident); ``ratio`` = loader / training images/s.
+  The training steps alternate with full passes of that loader (``ratio_alternating`` uses
+  those passes).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from xtc import runtime  # noqa: E402
 from xtc.data import build_dataset  # noqa: E402
 from xtc.data.prepare import prepare_synthetic  # noqa: E402
 from xtc.data.resident import ResidentSplit  # noqa: E402
-from xtc.profiling import synthetic_batch  # noqa: E402
+from xtc.analysis.profiling import synthetic_batch  # noqa: E402
 
 
 def train_images_per_s(args, log, loader_pass) -> dict:
@@ -59,7 +60,8 @@ def train_images_per_s(args, log, loader_pass) -> dict:
     times = t["train"]
     s = _common.median(times)
     log(f"train step {args.train_variant}: {s * 1e3:.0f} ms ({times})")
-    return {"images_per_s": B / s, "loader_pass_s": t["loader"], "ms_per_step": s * 1e3, "times_ms": [t * 1e3 for t in times],
+    return {"images_per_s": B / s, "loader_pass_s": t["loader"], "ms_per_step": s * 1e3,
+            "times_ms": [t * 1e3 for t in times],
             "variant": args.train_variant, "batch_size": B, "height": H, "width": W,
             "encoder": cfg.model.encoder}
 

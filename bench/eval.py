@@ -239,7 +239,8 @@ def run(args) -> dict:
     if compiled is not None:
         compiled_ms = _common.median(times["compiled"]) * 1e3
         compiled.update(update_ms=compiled_ms, speedup=base_ms / compiled_ms,
-                        speedup_paired_median=_common.median_ratio(times["baseline"], times["compiled"]))
+                        speedup_paired_median=_common.median_ratio(times["baseline"],
+                                                                   times["compiled"]))
 
     # agreement of the two on the same inputs
     sm, dmtr = SegmentationMeter(7), DepthMeter()
@@ -252,8 +253,10 @@ def run(args) -> dict:
     seg_m, depth_m = sm.compute(), dmtr.compute()
     agree = {"inter_sum": [inter, ref["inter_sum"]], "union_sum": [union, ref["union_sum"]],
              "pixel_acc": [seg_m["pixel_acc"], ref["pixel_acc"]],
-             "miou_legacy": [seg_m["miou_legacy"], sum(ref["miou_per_image"]) / len(ref["miou_per_image"])],
-             **{k: [depth_m[k], ref[k]] for k in ("abs_err", "rel_err", "rmse", "log_rmse", "delta1", "delta3")}}
+             "miou_legacy": [seg_m["miou_legacy"],
+                             sum(ref["miou_per_image"]) / len(ref["miou_per_image"])],
+             **{k: [depth_m[k], ref[k]]
+                for k in ("abs_err", "rel_err", "rmse", "log_rmse", "delta1", "delta3")}}
     # the meters compute depth terms in float32 per pixel (float64 sums), the loop in float64
     agree_ok = all(abs(a - b) <= 1e-5 * max(1.0, abs(b)) for a, b in agree.values())
 
@@ -298,7 +301,8 @@ def human(r: dict) -> str:
         f"metric share of evaluation: {100 * r['metric_fraction_of_eval']:.2f}% "
         f"(with the consistency meter {100 * r['metric_plus_consistency_fraction_of_eval']:.2f}%)",
         f"agreement with the loop: {r['agreement_ok']}"]
-        + ([f"compiled (fused, inductor) update {c['update_ms']:.2f} ms: {c['speedup']:.1f}x the loop, "
+        + ([f"compiled (fused, inductor) update {c['update_ms']:.2f} ms: "
+            f"{c['speedup']:.1f}x the loop, "
             f"first call {c['first_call_s']:.1f}s, agrees with the meters: {c['agrees']}"]
            if (c := r.get("compiled")) else []))
 

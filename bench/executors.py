@@ -52,7 +52,8 @@ def _sweep(plan: Path, reports: Path, executor: str, workers: int, cpus: int) ->
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     seconds = time.perf_counter() - start
     if done.returncode != 0:
-        raise RuntimeError(f"{executor} sweep failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+        raise RuntimeError(f"{executor} sweep failed:\n{done.stdout[-2000:]}\n"
+                           f"{done.stderr[-2000:]}")
     runs = {}
     for run in sorted((reports / "bench").iterdir()):
         status = run / "status.json"

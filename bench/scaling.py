@@ -2,7 +2,7 @@
 
 Resolutions 64x128, 128x256, 256x512 x batch sizes 2, 4, 8, the paper model, with the
 settings of ``--variant`` from bench/train_step.py (default bf16-cl), measured by
-:func:`xtc.profiling.scaling_grid` (the same code as notebooks/06_scaling.ipynb): each cell
+:func:`xtc.analysis.profiling.scaling_grid` (the same code as notebooks/06_scaling.ipynb): each cell
 trains a fresh copy of the same initial weights, one warm-up step, then ``--repeats`` steps
 back to back; ``ms_per_step`` is the fastest (least disturbed by other processes),
 ``ms_per_step_median`` the median. The cells run one after the other: an earlier version
@@ -23,7 +23,7 @@ import _common  # noqa: E402
 import torch  # noqa: E402
 
 import train_step as ts  # noqa: E402
-from xtc.profiling import scaling_grid  # noqa: E402
+from xtc.analysis.profiling import scaling_grid  # noqa: E402
 
 
 def run(args) -> dict:
@@ -47,7 +47,8 @@ def run(args) -> dict:
     info = _common.machine_info()
     return {**grid,
             "skipped_reason": (f"batch x pixels > {max_cost} skipped on CPU to keep the run "
-                               f"short (pass --max-cost to include them)") if grid["skipped"] else None,
+                               f"short (pass --max-cost to include them)")
+                              if grid["skipped"] else None,
             "variant": args.variant, "repeats": repeats,
             "estimator": "min of the repeats (median in ms_per_step_median)",
             "device": info["device"], "threads": torch.get_num_threads(),

@@ -12,7 +12,7 @@ Configurations (each its own experiment from ``xtc.train.build_experiment``, the
 Each step is the one ``fit`` runs: ``forward_losses`` + ``optimizer_step`` with the config's
 ``train.precision`` and ``train.channels_last`` (default config configs/synthetic-quick.yaml:
 resnet18, 64x128, batch 8, decoder width 32, transfer width 16), on one synthetic-city batch
-(``xtc.profiling.synthetic_batch``, normals included) holding only the keys the
+(``xtc.analysis.profiling.synthetic_batch``, normals included) holding only the keys the
 configuration's tasks need, as fit's datasets do. After ``--warmup`` untimed rounds the
 configurations are timed round-robin for ``--repeats`` rounds (order rotated each round), so
 machine load affects all alike; medians and minima are reported, and ratios to ``xtc-2task``
@@ -45,7 +45,7 @@ import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from xtc import config as xconfig  # noqa: E402
-from xtc.profiling import synthetic_batch  # noqa: E402
+from xtc.analysis.profiling import synthetic_batch  # noqa: E402
 from xtc.runtime import git_commit, resolve_precision  # noqa: E402
 from xtc.tasks import TASKS, split_edge, transfers_of  # noqa: E402
 from xtc.train import build_experiment, forward_losses, optimizer_step  # noqa: E402
@@ -285,7 +285,8 @@ def run(args) -> dict:
     B, H, W = probe.train.batch_size, probe.data.height, probe.data.width
     batch = {k: v.to(device) for k, v in synthetic_batch(B, H, W, seed=args.seed).items()}
     log(f"{probe.model.encoder} {H}x{W} batch {B}, widths {probe.model.decoder_width}/"
-        f"{probe.model.transfer_width}, precision {resolve_precision(probe.train.precision, device)}"
+        f"{probe.model.transfer_width}, "
+        f"precision {resolve_precision(probe.train.precision, device)}"
         f", channels_last {probe.train.channels_last}, {torch.get_num_threads()} threads")
 
     confs = {name: Configuration(name, spec, args, batch, device) for name, spec in specs.items()}
@@ -294,7 +295,8 @@ def run(args) -> dict:
     for name, c in confs.items():
         flops[name], first_terms[name] = c.flops()
         params[name] = c.params()
-        log(f"{name}: {len(c.edges)} edges, transfer forward {flops[name]['transfer_forward'] / 1e9:.3f}"
+        log(f"{name}: {len(c.edges)} edges, "
+            f"transfer forward {flops[name]['transfer_forward'] / 1e9:.3f}"
             f" GFLOP, model forward {flops[name]['model_forward'] / 1e9:.2f} GFLOP")
     wall["flops_s"] = _common.now() - t0 - wall["setup_s"]
     log(f"timing {args.repeats} round-robin rounds of {list(confs)} after {args.warmup} warm-up")
@@ -322,7 +324,8 @@ def run(args) -> dict:
                 "model_forward": f["model_forward"] / ref_f["model_forward"],
                 "transfer_forward": (f["transfer_forward"] / ref_f["transfer_forward"]
                                      if ref_f["transfer_forward"] else None),
-                "step_forward_backward": f["step_forward_backward"] / ref_f["step_forward_backward"]},
+                "step_forward_backward": (f["step_forward_backward"]
+                                          / ref_f["step_forward_backward"])},
             "first_step_terms": first_terms[name],
         }
     num_classes = confs[REFERENCE].exp.num_classes

@@ -12,7 +12,7 @@ synthetic city.
   cosine > 0.9 with the fp32 gradient (same weights, same batch; float64 cosine; bf16
   autocast gives ~0.95). The fastest sane variant is "ours".
 * Baseline: fp32, eager, NCHW contiguous, weighted group losses backpropagated separately,
-  ``L_D.backward(retain_graph=True)`` then ``L_S.backward()``, one Adam step (paper-spec 3.5).
+  ``L_D.backward(retain_graph=True)`` then ``L_S.backward()``, one Adam step (docs/method.md §3.5).
 * Gradient check: the fp32 single backward of ``total`` and the baseline's two backward
   passes give the same gradients (max abs diff reported).
 * FLOPs of one step (forward + backward) with ``torch.utils.flop_counter.FlopCounterMode``;
@@ -36,7 +36,7 @@ from xtc import config as xconfig  # noqa: E402
 from xtc.losses import build_criterion  # noqa: E402
 from xtc.losses.weighting import FixedWeighting, UncertaintyWeighting  # noqa: E402
 from xtc.models import build_model_from_config  # noqa: E402
-from xtc.profiling import synthetic_batch  # noqa: E402
+from xtc.analysis.profiling import synthetic_batch  # noqa: E402
 from xtc.train import forward_losses, optimizer_step  # noqa: E402
 
 VARIANTS = {  # name: (precision, channels_last, compile)

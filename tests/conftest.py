@@ -3,16 +3,22 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from xtc import config
 
 # A model and dataset small enough that a few epochs take seconds on two CPU cores.
-TINY = [
-    "data.height=64", "data.width=64", "data.train_size=40", "data.test_size=16",
-    "data.val_fraction=0.2", "model.encoder=resnet18", "model.decoder_width=16",
-    "model.transfer_width=8", "optim.lr=0.001", "train.epochs=2", "train.batch_size=8",
-    "train.device=cpu",
-]
+TINY_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
+
+
+def _flat(tree: dict, prefix: str = "") -> list[str]:
+    return [item for key, value in tree.items()
+            for item in (_flat(value, f"{prefix}{key}.") if isinstance(value, dict)
+                         else [f"{prefix}{key}={value}"])]
+
+
+# configs/tiny.yaml as section.key=value overrides (tests add their own after it), on CPU
+TINY = [*_flat(yaml.safe_load(TINY_CONFIG.read_text())), "train.device=cpu"]
 
 
 @pytest.fixture

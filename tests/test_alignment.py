@@ -1,4 +1,4 @@
-"""xtc.alignment: AUROC, correlations, tidy curves, energy-vs-error on a tiny model."""
+"""xtc.analysis.alignment: AUROC, correlations, tidy curves, energy-vs-error on a tiny model."""
 
 import math
 
@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from xtc import alignment, config
-from xtc.alignment import auroc, pearson, rankdata, spearman
+from xtc import config
+from xtc.analysis import alignment
+from xtc.analysis.alignment import auroc, pearson, rankdata, spearman
 
 
 def test_auroc_perfect_random_and_hand_computed():
@@ -51,7 +52,7 @@ def test_alignment_curves_on_fake_histories():
 
 
 def test_energy_maps_and_correlation_on_a_tiny_model():
-    from xtc.landscape import sample_batches
+    from xtc.analysis.landscape import sample_batches
     from xtc.models import build_model_from_config
 
     cfg = config.load(None, ["data.height=64", "data.width=64", "data.train_size=24",
@@ -88,7 +89,8 @@ def test_alignment_plots(tmp_path):
     fig = alignment_plots.plot_alignment_curves(rows, path=tmp_path / "c.png")
     assert len(fig.axes) == 4 and (tmp_path / "c.png").exists()
     rng = np.random.default_rng(0)
-    m = {k: rng.random((2, 8, 8)) for k in ("seg_error", "seg_energy", "depth_error", "depth_energy")}
+    m = {k: rng.random((2, 8, 8))
+         for k in ("seg_error", "seg_energy", "depth_error", "depth_energy")}
     m["depth_error"][0, 0, 0] = np.nan
     m["image"] = rng.random((2, 8, 8, 3))
     fig = alignment_plots.plot_energy_maps({"a": m, "b": m}, n=1)

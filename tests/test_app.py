@@ -22,7 +22,8 @@ import pytest
 
 from xtc import cli
 from tests.conftest import free_port, wait_for_port
-from xtc.viz import alignment_plots, app, explorer, repo_path
+from xtc.runtime import repo_path
+from xtc.viz import alignment_plots, app, explorer
 
 
 def _fake_run(folder: Path, params: dict | None = None) -> Path:
@@ -127,7 +128,8 @@ def test_runs_are_labelled_by_method_cross_task_and_seed(tmp_path):
     assert explorer.run_label(b) == "mtl, seed 3"  # no cross-task term without transfer nets
     assert explorer.run_labels([a, b, c]) == ["xtc consistency, seed 0", "mtl, seed 3",
                                               "xtc alignment, seed 0"]
-    twin = _fake_run(tmp_path / "z" / "twin", json.loads((a / "results.json").read_text())["params"])
+    twin = _fake_run(tmp_path / "z" / "twin",
+                     json.loads((a / "results.json").read_text())["params"])
     assert explorer.run_labels([a, twin]) == ["xtc consistency, seed 0 (20260101-000000/a)",
                                               "xtc consistency, seed 0 (z/twin)"]
 
@@ -171,7 +173,8 @@ def test_the_server_refuses_requests_without_the_token(monkeypatch, tmp_path):
     pytest.importorskip("voila")
     port, token = free_port(), secrets.token_hex(16)
     command, env, _ = app.prepare(None, port=port, token=token)
-    env.update(JUPYTER_CONFIG_DIR=str(tmp_path / "jcfg"), JUPYTER_RUNTIME_DIR=str(tmp_path / "jrun"))
+    env.update(JUPYTER_CONFIG_DIR=str(tmp_path / "jcfg"),
+               JUPYTER_RUNTIME_DIR=str(tmp_path / "jrun"))
     proc = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
                             stderr=subprocess.STDOUT, start_new_session=True)
     try:

@@ -76,8 +76,9 @@ def test_app_serves_the_explorer_behind_a_token(app, tmp_path):
     cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().decode()
     assert token not in cmdline and "voila" in cmdline
     refused = _get(port, "/")
-    assert refused.status == 403 or (refused.status in (301, 302, 303, 307)
-                                     and "login" in refused.getheader("Location", "")), refused.status
+    assert (refused.status == 403
+            or (refused.status in (301, 302, 303, 307)
+                and "login" in refused.getheader("Location", ""))), refused.status
     assert _get(port, "/?token=wrong" + token[:4]).status in (302, 403)
 
     sync_api = pytest.importorskip("playwright.sync_api")

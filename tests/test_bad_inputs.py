@@ -1,6 +1,7 @@
 """Table-driven corpus of bad inputs: each gives one clear line, exit code 2, no traceback,
 and leaves what was on disk untouched."""
 
+import ast
 import hashlib
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import torch
 
 from tests.conftest import TINY
 from xtc.cli import main
+from xtc.data import DatasetError, build_dataset, mtan
 
 H = W = 64
 
@@ -60,6 +62,19 @@ def _corrupt(kind: str, root: Path) -> None:
     elif kind == "gap-in-numbering":
         for sub in ("image", "label", "depth"):
             (t / sub / "2.npy").rename(t / sub / "9.npy")
+    elif kind == "missing-split":
+        import shutil
+        shutil.rmtree(t)
+    elif kind == "gray-image":  # read errors, like label-range: every item
+        for p in (t / "image").iterdir():
+            np.save(p, np.full((H, W), 0.5))
+    elif kind == "label-with-channel":
+        for p in (t / "label").iterdir():
+            np.save(p, np.zeros((H, W, 1)))
+    elif kind == "bad-normals":
+        (t / "normal").mkdir()
+        for p in (t / "image").iterdir():
+            np.save(t / "normal" / p.name, np.zeros((H, W, 2)))
     else:
         raise AssertionError(kind)
 
@@ -90,6 +105,10 @@ DATA_CASES = [
     ("inf-depth", "NaN/inf"),
     ("truncated-npy", "truncated or not a .npy array"),
     ("gap-in-numbering", "must be 0.npy..N-1.npy"),
+    ("missing-split", "/train is missing; expected"),
+    ("gray-image", "image must be (H,W,3), got (64, 64)"),
+    ("label-with-channel", "shapes disagree: image (64, 64, 3)"),
+    ("bad-normals", "normals must be (H,W,3) = (64, 64, 3); got (64, 64, 2)"),
 ]
 
 CONFIG_CASES = [
@@ -195,8 +214,56 @@ def test_bad_checkpoints(kind, fragment, trained, tmp_path, capsys):
     assert not (tmp_path / "pwned").exists()
 
 
-def test_the_corpus_is_large_enough():
-    assert len(DATA_CASES) + len(CONFIG_CASES) + len(CHECKPOINT_CASES) + len(NOTEBOOK_CASES) >= 25
+# The loader's checks no dataset folder can trip, and why (each must match one check).
+NOT_A_FOLDER_PROBLEM = {
+    "no data root given": "data.root unset is a config problem (test_data.py, no_root)",
+    "cannot read {path}: {exc}": "a file that breaks after the header check read it",
+}
+
+
+def _loader_checks() -> dict[tuple[int, int], str]:
+    """Every ``raise`` of the MTAN loader (``MTANDataset`` in xtc/data/mtan.py):
+    {(first line, last line): its source}."""
+    source = Path(mtan.__file__).read_text()
+    loader = next(node for node in ast.parse(source).body
+                  if isinstance(node, ast.ClassDef) and node.name == "MTANDataset")
+    return {(node.lineno, node.end_lineno): ast.get_source_segment(source, node)
+            for node in ast.walk(loader) if isinstance(node, ast.Raise)}
+
+
+def _tripped(kind: str, root: Path) -> tuple[str, int, str]:
+    """(file, line, message) of the check that case ``kind`` trips: the train split is
+    built and every item read, as training would."""
+    _corrupt(kind, _write_nyu(root))
+    with pytest.raises(DatasetError) as info:
+        dataset = build_dataset("nyuv2", "train", str(root), val_fraction=0.2)
+        for i in range(len(dataset)):
+            dataset[i]
+    frame = info.value.__traceback__
+    while frame.tb_next is not None:
+        frame = frame.tb_next
+    return frame.tb_frame.f_code.co_filename, frame.tb_lineno, str(info.value)
+
+
+def test_every_check_of_the_dataset_loader_has_a_case(tmp_path):
+    """The corpus covers what the loader checks, not a number of cases: each of its checks
+    on a folder (each ``raise``) is the one some case trips, with that case's message, or
+    is listed with the reason no folder trips it; a new check fails here until it has a
+    case."""
+    checks = _loader_checks()
+    tripped: dict[tuple[int, int], list[str]] = {}
+    for kind, fragment in DATA_CASES:
+        file, line, message = _tripped(kind, tmp_path / kind)
+        assert Path(file) == Path(mtan.__file__) and fragment in message, (kind, message)
+        site = next(span for span in checks if span[0] <= line <= span[1])
+        tripped.setdefault(site, []).append(kind)
+    exempt = {span for span, text in checks.items()
+              for fragment in NOT_A_FOLDER_PROBLEM if fragment in text}
+    assert len(exempt) == len(NOT_A_FOLDER_PROBLEM)  # each reason names one real check
+    assert not exempt & set(tripped), tripped
+    untested = [checks[span].splitlines()[0] for span in sorted(set(checks) - set(tripped))
+                if span not in exempt]
+    assert not untested, f"loader checks no case trips: {untested}"
 
 
 NOTEBOOK_CASES = [
@@ -211,7 +278,7 @@ NOTEBOOK_CASES = [
 @pytest.mark.parametrize("parameters, fragment", NOTEBOOK_CASES,
                          ids=[c[1][:25] for c in NOTEBOOK_CASES])
 def test_bad_notebook_parameters_name_the_field(parameters, fragment, tmp_path):
-    from xtc import report
+    from xtc import reports as report
 
     out = tmp_path / "run"
     with pytest.raises(report.ExecutionFailed) as info:

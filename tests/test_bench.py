@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _run(script: str, *extra: str) -> dict:
-    done = subprocess.run([sys.executable, str(ROOT / "bench" / script), "--quick", "--json", *extra],
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / script), "--quick", "--json",
+                           *extra],
                           capture_output=True, text=True, timeout=900, cwd=ROOT,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0, done.stderr[-3000:]

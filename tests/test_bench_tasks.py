@@ -35,7 +35,8 @@ def test_tasks_benchmark_reports_every_configuration_and_the_before_after_check(
         assert f["model_forward"] == f["direct_forward"] + f["transfer_forward"], name
         assert f["step_forward_backward"] > f["model_forward"], name
     assert confs["xtc-2task"]["ratio_to_xtc_2task"] == 1.0
-    assert confs["xtc-2task"]["flops"]["direct_forward"] == confs["mtl-2task"]["flops"]["model_forward"]
+    assert (confs["xtc-2task"]["flops"]["direct_forward"]
+            == confs["mtl-2task"]["flops"]["model_forward"])
     # each edge's net has the same size up to its in/out channels: 6 edges cost ~3x 2 edges
     ratio = confs["xtc-3task"]["flops_ratio_to_xtc_2task"]["transfer_forward"]
     assert 2.7 < ratio < 3.3, ratio

@@ -18,7 +18,8 @@ def _write(root, split, n, h=16, w=32, label="label_7", k=7, normal=False, seed=
         depth = np.where(lab >= 0, (lab + 1) * 0.05, 0.0)[..., None]
         arrays = {"image": rng.random((h, w, 3)), label: lab, "depth": depth}
         if normal:
-            arrays["normal"] = np.dstack([np.full((h, w), 0.6), np.zeros((h, w)), np.full((h, w), 0.8)])
+            arrays["normal"] = np.dstack([np.full((h, w), 0.6), np.zeros((h, w)),
+                                          np.full((h, w), 0.8)])
         for key, arr in arrays.items():
             (root / split / key).mkdir(parents=True, exist_ok=True)
             np.save(root / split / key / f"{i}.npy", arr)
@@ -44,7 +45,8 @@ def test_cityscapes_reads_fixture(city):
     raw_label = np.load(city / "val" / "label_7" / "1.npy")
     assert torch.equal(item["seg_target"], torch.from_numpy(raw_label.astype(np.int64)))
     np.testing.assert_allclose(item["image"].numpy(),
-                               np.load(city / "val" / "image" / "1.npy").transpose(2, 0, 1), rtol=1e-6)
+                               np.load(city / "val" / "image" / "1.npy").transpose(2, 0, 1),
+                               rtol=1e-6)
     assert item["image"].dtype == torch.float32 and item["depth_target"].shape == (1, 16, 32)
     assert torch.equal(item["depth_mask"], item["seg_target"][None] >= 0)
     batch = torch.utils.data.default_collate([ds[0], ds[1]])

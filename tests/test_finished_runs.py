@@ -39,7 +39,8 @@ def test_best_keeps_only_the_reported_weights(tiny_config, tmp_path):
                     progress=False)
     kept = _kept(tmp_path)
     assert list(kept) == ["best.pt"]
-    assert all(torch.equal(run.model.state_dict()[k], v) for k, v in kept["best.pt"]["model"].items())
+    assert all(torch.equal(run.model.state_dict()[k], v)
+               for k, v in kept["best.pt"]["model"].items())
     with pytest.raises(FileExistsError, match="kept only best.pt"):
         train.fit(_quick(tiny_config, "train.epochs=2"), out_dir=tmp_path, resume=True,
                   progress=False)

@@ -1,4 +1,4 @@
-"""The headline property (paper-spec §3.2, style rule 4): a cross-task term trains its transfer
+"""The headline property (docs/method.md §3.2): a cross-task term trains its transfer
 net, its source decoder and the encoder, and never the decoder that produced its target."""
 
 from __future__ import annotations

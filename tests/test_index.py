@@ -9,13 +9,16 @@ import json
 import re
 from pathlib import Path
 
-from xtc import report, results, summary
+from xtc import results
+from xtc.analysis import summary
+from xtc import reports as report
 from tests.test_report import _fake_runs
 
 
 def _ok(run: Path) -> None:
+    sha = report.runs.sha256(run / "results.json")
     (run / "status.json").write_text(json.dumps({"status": "ok", "kind": "train",
-                                                 "results_sha256": report._sha256(run / "results.json")}))
+                                                 "results_sha256": sha}))
 
 
 def _plan(reports: Path) -> Path:
@@ -28,7 +31,8 @@ def _plan(reports: Path) -> Path:
             (run / "02_train.html").write_text("<html></html>")
     boom = plan / "boom-s0"
     boom.mkdir()
-    (boom / "status.json").write_text(json.dumps({"status": "failed", "kind": "train", "error": "RuntimeError: boom",
+    (boom / "status.json").write_text(json.dumps({"status": "failed", "kind": "train",
+                                                  "error": "RuntimeError: boom",
                                                   "notebook": str(boom / "02_train.ipynb")}))
     return plan
 
@@ -92,18 +96,22 @@ def test_index_gives_one_table_and_figure_per_protocol(tmp_path):
     for proto, scale in (("xtc", 1.0), ("mtan", 2.0)):
         for method, metrics in (("stl-seg", {"miou": 0.4, "pixel_acc": 0.8}),
                                 ("stl-depth", {"abs_err": 0.2, "rel_err": 0.4}),
-                                ("mtl", {"miou": 0.44, "pixel_acc": 0.8, "abs_err": 0.2, "rel_err": 0.4})):
+                                ("mtl", {"miou": 0.44, "pixel_acc": 0.8,
+                                         "abs_err": 0.2, "rel_err": 0.4})):
             for seed in (0, 1):
                 run = reports / "mixed" / f"{proto}-{method}-s{seed}"
                 results.write(run, params={"model.method": method, "train.seed": seed},
-                              metrics={"test": {k: v * scale * (1 + 0.01 * seed) for k, v in metrics.items()}},
+                              metrics={"test": {k: v * scale * (1 + 0.01 * seed)
+                                                for k, v in metrics.items()}},
                               protocol={"name": proto, "depth_units": "metres"})
     section = _section(report.build_index(reports).read_text(), "mixed")
     assert re.findall(r"<h4>Protocol (\w+)</h4>", section) == ["mtan", "xtc"]
     tables = re.findall(r"<h4>Protocol \w+</h4><table>(.*?)</table>", section)
-    mtl = [re.findall(r"<td>(.*?)</td>", re.search(r"<tr><td>mtl</td>.*?</tr>", t).group(0)) for t in tables]
+    mtl = [re.findall(r"<td>(.*?)</td>", re.search(r"<tr><td>mtl</td>.*?</tr>", t).group(0))
+           for t in tables]
     # each protocol's own group (n=2, not 4) and Δm% against its own STL runs: +10% on mIoU
-    assert [m[1] for m in mtl] == ["2", "2"] and [m[3] for m in mtl] == ["0.8844 ± 0.0062", "0.4422 ± 0.0031"]
+    assert [m[1] for m in mtl] == ["2", "2"]
+    assert [m[3] for m in mtl] == ["0.8844 ± 0.0062", "0.4422 ± 0.0031"]
     assert [m[7].split(" ± ")[0] for m in mtl] == ["-2.50", "-2.50"]
     assert "abs err (metres) ↓" in html.unescape(section)
     assert section.count('src="data:image/png;base64,') == 2
@@ -113,7 +121,8 @@ def test_index_without_readable_runs_has_no_comparison(tmp_path):
     reports = tmp_path / "reports"
     run = reports / "p" / "boom-s0"
     run.mkdir(parents=True)
-    (run / "status.json").write_text(json.dumps({"status": "failed", "kind": "train", "error": "x"}))
+    (run / "status.json").write_text(json.dumps({"status": "failed", "kind": "train",
+                                                 "error": "x"}))
     page = report.build_index(reports).read_text()
     assert "<td>boom-s0</td>" in page and "Mean ± sample std" not in page and "<img" not in page
     assert summary.to_html([]) == "<p>no runs</p>"

@@ -1,16 +1,16 @@
-"""xtc.landscape: filter-normalised directions, exact restore, surfaces, sharpness."""
+"""xtc.analysis.landscape: filter-normalised directions, exact restore, surfaces, sharpness."""
 
 import numpy as np
 import pytest
 import torch
 
-from xtc import config, landscape
+from xtc import config
+from xtc.analysis import landscape
 from xtc.models import build_model_from_config
+from tests import conftest
 
-TINY = ["data.height=64", "data.width=64", "data.train_size=24", "data.test_size=8",
-        "model.encoder=resnet18", "model.decoder_width=16", "model.transfer_width=8",
-        "train.epochs=1", "train.max_steps_per_epoch=2", "train.device=cpu",
-        "train.batch_size=2"]
+TINY = [*conftest.TINY, "data.train_size=24", "data.test_size=8", "train.epochs=1",
+        "train.max_steps_per_epoch=2", "train.batch_size=2"]
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +128,8 @@ def test_plots_draw_curves_contours_surfaces_and_tables(tmp_path):
 
     x = landscape.grid_coordinates(5, 1.0)
     xx, yy = np.meshgrid(x, x)
-    surfaces = {"a": landscape.Surface(x, x, {"seg": xx ** 2 + yy ** 2 + 1, "total": np.exp(5 * xx)}),
+    surfaces = {"a": landscape.Surface(x, x, {"seg": xx ** 2 + yy ** 2 + 1,
+                                              "total": np.exp(5 * xx)}),
                 "b": landscape.Surface(x, x, {"seg": np.ones((5, 5))})}
     fig = landscape_plots.plot_contours(surfaces, path=tmp_path / "s.png")
     assert (tmp_path / "s.png").stat().st_size > 0 and len(fig.axes) >= 4

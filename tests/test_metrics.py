@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from xtc.metrics import (DELTA_M_CONVENTION, ConsistencyMeter, DepthMeter, SegmentationMeter,
                          confusion_matrix, consistency_energy_maps, delta_m, depth_metrics,
-                         higher_is_better, iou_from_confusion, legacy_miou_per_image, miou_from_confusion,
-                         pixel_acc_from_confusion)
+                         higher_is_better, iou_from_confusion, legacy_miou_per_image,
+                         miou_from_confusion, pixel_acc_from_confusion)
 
 # 2x3 image, 3 classes, one ignored pixel (bottom right; predicted 2 there, must not count).
 TARGET = torch.tensor([[[0, 0, 1], [1, 2, -1]]])
@@ -170,29 +170,36 @@ def test_delta_m_task_weights_tasks_not_metrics():
 
     base = {"miou": 0.5, "pixel_acc": 0.8, "abs_err": 1.0}
     res = {"miou": 0.55, "pixel_acc": 0.8, "abs_err": 0.8}  # seg: -10% and 0%; depth: -20%
-    assert delta_m(res, base) == pytest.approx(100 * (-0.1 + 0 - 0.2) / 3)  # -10: one vote per metric
-    assert delta_m_task(res, base) == pytest.approx(100 * ((-0.1 + 0) / 2 - 0.2) / 2)  # -12.5: per task
+    # -10: one vote per metric
+    assert delta_m(res, base) == pytest.approx(100 * (-0.1 + 0 - 0.2) / 3)
+    # -12.5: per task
+    assert delta_m_task(res, base) == pytest.approx(100 * ((-0.1 + 0) / 2 - 0.2) / 2)
     # two metrics per task: both weightings agree
     full = {**base, "rel_err": 0.5}
-    assert delta_m_task({**res, "rel_err": 0.6}, full) == pytest.approx(delta_m({**res, "rel_err": 0.6}, full))
+    assert (delta_m_task({**res, "rel_err": 0.6}, full)
+            == pytest.approx(delta_m({**res, "rel_err": 0.6}, full)))
     # the override moves abs_err into seg: one task, the mean of the three changes
     assert delta_m_task(res, base, metric_task={"abs_err": "seg"}) == pytest.approx(-10.0)
     assert METRIC_TASK["normal_30"] == "normal" and METRIC_TASK["rel_err"] == "depth"
     with pytest.raises(ValueError, match="no task known for \\['foo'\\]"):
         delta_m_task({"foo": 2.0}, {"foo": 1.0}, {"foo": True})
-    assert delta_m_task({"foo": 2.0}, {"foo": 1.0}, {"foo": True}, {"foo": "x"}) == pytest.approx(-100.0)
+    assert (delta_m_task({"foo": 2.0}, {"foo": 1.0}, {"foo": True}, {"foo": "x"})
+            == pytest.approx(-100.0))
 
 
 def test_normal_metrics_directions():
     # NYUv2 normals: angle errors lower is better, within-angle shares higher is better
-    base = {"normal_mean": 20.0, "normal_median": 10.0, "normal_11": 0.4, "normal_22": 0.5, "normal_30": 0.6}
-    better = {"normal_mean": 18.0, "normal_median": 9.0, "normal_11": 0.44, "normal_22": 0.55, "normal_30": 0.66}
+    base = {"normal_mean": 20.0, "normal_median": 10.0,
+            "normal_11": 0.4, "normal_22": 0.5, "normal_30": 0.6}
+    better = {"normal_mean": 18.0, "normal_median": 9.0,
+              "normal_11": 0.44, "normal_22": 0.55, "normal_30": 0.66}
     assert delta_m(better, base) == pytest.approx(-10.0)
     assert not higher_is_better("test_normal_mean") and higher_is_better("normal_11")
 
 
 def test_delta_m_convention_credits_the_sign_correctly():
-    # Maninis et al. 2019 define Δm higher-is-better; the lower-is-better sign is CAGrad's / Nash-MTL's
+    # Maninis et al. 2019 define Δm higher-is-better; the lower-is-better sign is CAGrad's /
+    # Nash-MTL's
     maninis = next(s for s in DELTA_M_CONVENTION.split(";") if "Maninis" in s)
     assert "opposite sign" in maninis and "higher is" in maninis
     assert "Nash-MTL" in DELTA_M_CONVENTION and "CAGrad" in DELTA_M_CONVENTION
@@ -200,7 +207,8 @@ def test_delta_m_convention_credits_the_sign_correctly():
 
 
 def test_higher_is_better_for_model_selection():
-    assert higher_is_better("miou") and higher_is_better("val_delta1") and higher_is_better("seg_agreement")
+    assert (higher_is_better("miou") and higher_is_better("val_delta1")
+            and higher_is_better("seg_agreement"))
     assert not higher_is_better("val_loss") and not higher_is_better("abs_err")
     assert not higher_is_better("loss_seg") and not higher_is_better("energy")
     with pytest.raises(ValueError, match="unknown metric"):
@@ -211,12 +219,15 @@ def test_merge_and_state_round_trip_equal_single_meter():
     g = torch.Generator().manual_seed(1)
     tgt = torch.randint(-1, 4, (4, 6, 7), generator=g)
     logits = torch.randn(4, 4, 6, 7, generator=g)
-    dp, dt = torch.rand(4, 1, 6, 7, generator=g), torch.rand(4, 1, 6, 7, generator=g) * (tgt[:, None] >= 0)
-    preds = {"seg": logits, "depth2seg": torch.randn(4, 4, 6, 7, generator=g), "depth": dp, "seg2depth": dt}
+    dp, dt = (torch.rand(4, 1, 6, 7, generator=g),
+              torch.rand(4, 1, 6, 7, generator=g) * (tgt[:, None] >= 0))
+    preds = {"seg": logits, "depth2seg": torch.randn(4, 4, 6, 7, generator=g), "depth": dp,
+             "seg2depth": dt}
     for make, feed in [(lambda: SegmentationMeter(4), lambda m, s: m.update(logits[s], tgt[s])),
                        (DepthMeter, lambda m, s: m.update(dp[s], dt[s])),
                        (lambda: ConsistencyMeter(4),
-                        lambda m, s: m.update({k: v[s] for k, v in preds.items()}, seg_valid=tgt[s] >= 0))]:
+                        lambda m, s: m.update({k: v[s] for k, v in preds.items()},
+                                              seg_valid=tgt[s] >= 0))]:
         single, a, b = make(), make(), make()
         feed(single, slice(None))
         feed(a, slice(0, 1))

@@ -68,7 +68,7 @@ def test_last_shared_layer_is_last_conv() -> None:
 
 
 def test_paper_parameter_count() -> None:
-    # paper-spec §2.4: ResNet-34, C=7, xtc = 31.55 M parameters, direct-only 27.79 M.
+    # docs/method.md §2.4: ResNet-34, C=7, xtc = 31.55 M parameters, direct-only 27.79 M.
     model = build_model("xtc", 7, "resnet34")
     total = sum(p.numel() for p in model.parameters())
     transfer = sum(p.numel() for p in model.transfer.parameters())

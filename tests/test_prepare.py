@@ -1,4 +1,5 @@
-"""prepare_cityscapes on a tiny fake raw tree (hand-checked values), prepare_synthetic round trip."""
+"""prepare_cityscapes on a tiny fake raw tree (hand-checked values), prepare_synthetic round
+trip."""
 
 import numpy as np
 import pytest
@@ -26,7 +27,8 @@ def raw(tmp_path):
             for sub in ("leftImg8bit", "gtFine", "disparity"):
                 (root / sub / split / city).mkdir(parents=True, exist_ok=True)
             rgb = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
-            Image.fromarray(rgb).save(root / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png")
+            Image.fromarray(rgb).save(
+                root / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png")
             ids = np.zeros((32, 64), np.uint8)
             ids[:, :8] = 7      # road -> flat (0) / trainId 0
             ids[:, 8:16] = 23   # sky -> 4 / 10
@@ -34,18 +36,21 @@ def raw(tmp_path):
             ids[:, 24:32] = 3   # void -> -1 / -1
             ids[:, 32:40] = 9   # parking: flat (0) / void in 19 classes
             ids[:, 40:] = 24    # person -> 5 / 11
-            Image.fromarray(_blocks(ids)).save(root / "gtFine" / split / city / f"{stem}_gtFine_labelIds.png")
+            Image.fromarray(_blocks(ids)).save(
+                root / "gtFine" / split / city / f"{stem}_gtFine_labelIds.png")
             disp = np.zeros((32, 64), np.uint16)
             disp[:, 16:24] = 1 + 256 * 20        # 20 px disparity -> 20/256
             disp[:, :8] = 1 + 257 * 128          # large -> clipped to 0.4922
             disp[:, 40:] = 1                     # zero disparity -> invalid
-            Image.fromarray(_blocks(disp)).save(root / "disparity" / split / city / f"{stem}_disparity.png")
+            Image.fromarray(_blocks(disp)).save(
+                root / "disparity" / split / city / f"{stem}_disparity.png")
     return root
 
 
 def test_luts():
     seven, nineteen = label_lut(7), label_lut(19)
-    assert seven[[0, 6, 7, 10, 11, 17, 21, 23, 24, 26, 33]].tolist() == [-1, -1, 0, 0, 1, 2, 3, 4, 5, 6, 6]
+    assert (seven[[0, 6, 7, 10, 11, 17, 21, 23, 24, 26, 33]].tolist()
+            == [-1, -1, 0, 0, 1, 2, 3, 4, 5, 6, 6])
     assert nineteen[[7, 8, 9, 11, 23, 24, 26, 33]].tolist() == [0, 1, -1, 2, 10, 11, 13, 18]
     assert (nineteen >= 0).sum() == 19
     np.testing.assert_allclose(disparity_to_target(np.array([0, 1, 257, 1 + 256 * 100, 65535])),
@@ -55,7 +60,8 @@ def test_luts():
 @pytest.mark.parametrize("classes", [7, 19])
 def test_prepare_cityscapes(raw, tmp_path, classes):
     out = prepare_cityscapes(raw, tmp_path / "city", classes=classes, size=(32, 64))
-    assert sorted(p.name for p in (out / "train").iterdir()) == ["depth", "image", f"label_{classes}"]
+    assert (sorted(p.name for p in (out / "train").iterdir())
+            == ["depth", "image", f"label_{classes}"])
     label = np.load(out / "train" / f"label_{classes}" / "0.npy")
     depth = np.load(out / "train" / "depth" / "0.npy")
     image = np.load(out / "train" / "image" / "0.npy")

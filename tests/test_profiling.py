@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from xtc import profiling
+from xtc.analysis import profiling
 
 
 def _row(b, h, w, ms):
@@ -10,7 +10,8 @@ def _row(b, h, w, ms):
 
 def test_cost_model_recovers_a_linear_cost():
     # 5 ms fixed + 40 ms per megapixel, by hand: 1x(32x64) = 0.002048 Mpx -> 5.08192 ms
-    rows = [_row(b, h, w, 5 + 40 * b * h * w / 1e6) for b in (1, 2, 4) for h, w in ((32, 64), (64, 128))]
+    rows = [_row(b, h, w, 5 + 40 * b * h * w / 1e6)
+            for b in (1, 2, 4) for h, w in ((32, 64), (64, 128))]
     cost = profiling.fit_cost_model(rows)
     assert cost["fixed_ms"] == pytest.approx(5.0, abs=1e-9)
     assert cost["ms_per_megapixel"] == pytest.approx(40.0, rel=1e-9)
@@ -34,7 +35,8 @@ def test_timing_trains_a_copy_not_the_model(tiny_config):
     cfg = tiny_config()
     model = profiling.build_experiment(cfg, "cpu", optimizer=False, num_classes=7).model
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    times = profiling.time_training_step(cfg, profiling.synthetic_batch(2, 32, 64), model, repeats=2)
+    times = profiling.time_training_step(cfg, profiling.synthetic_batch(2, 32, 64), model,
+                                         repeats=2)
     assert len(times) == 2 and all(t > 0 for t in times)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 

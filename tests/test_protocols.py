@@ -31,8 +31,10 @@ def test_default_rule_does_not_select_on_segmentation_alone():
     """val_loss (CE + L1, CE ~10x larger) prefers epoch 2; the task-weighted Δm sees that
     depth got 14% worse while segmentation gained 1%, and keeps epoch 1."""
     assert config.load(None).train.select == "delta_m"
-    by_loss = [selection.score("val_loss", v, EPOCH_1, ("seg", "depth")) for v in (EPOCH_1, EPOCH_2)]
-    by_delta = [selection.score("delta_m", v, EPOCH_1, ("seg", "depth")) for v in (EPOCH_1, EPOCH_2)]
+    by_loss = [selection.score("val_loss", v, EPOCH_1, ("seg", "depth"))
+               for v in (EPOCH_1, EPOCH_2)]
+    by_delta = [selection.score("delta_m", v, EPOCH_1, ("seg", "depth"))
+                for v in (EPOCH_1, EPOCH_2)]
     assert by_loss.index(min(by_loss)) == 1
     assert by_delta.index(min(by_delta)) == 0
 
@@ -115,7 +117,8 @@ def test_mtan_protocol_reports_the_mean_of_the_last_epochs(tiny_config, tmp_path
     assert run.reported_epochs == [0, 1, 2] and run.best_epoch == 2
     doc = train.results.read(tmp_path / "run")
     assert doc["protocol"]["name"] == "mtan"
-    assert "mean of the per-epoch test metrics over the last 10" in doc["protocol"]["reported_metrics"]
+    assert ("mean of the per-epoch test metrics over the last 10"
+            in doc["protocol"]["reported_metrics"])
     # the whole pool trains: no val split is carved out
     assert len(build_dataset_from_config(cfg.data, "train")) < 40
 

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from xtc import baselines, config, train
+from xtc import config, train
+from xtc.analysis import baselines
 from xtc.data import build_dataset_from_config
 
 

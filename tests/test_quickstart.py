@@ -11,8 +11,10 @@ import re
 import pytest
 
 import xtc.viz
-from xtc import baselines, results, train
-from xtc.viz import default_run, repo_path
+from xtc import results, train
+from xtc.analysis import baselines
+from xtc.runtime import repo_path
+from xtc.viz import default_run
 
 
 def _fake_run(folder, mtime=None):

@@ -13,7 +13,8 @@ import pytest
 matplotlib.use("agg")
 
 import xtc.viz  # noqa: E402
-from xtc import config, report, train  # noqa: E402
+from xtc import config, train  # noqa: E402
+from xtc import reports as report
 from tests.conftest import TINY  # noqa: E402
 
 
@@ -104,5 +105,5 @@ def test_best_run_weighs_tasks_equally_on_val(tmp_path):
 
 
 def test_plans_resolve_run_lists(tmp_path):
-    assert report._resolve(["$runs/a", "$runs/b"], "run_dir", tmp_path) == [
+    assert report.plan.resolve_paths(["$runs/a", "$runs/b"], "run_dir", tmp_path) == [
         str(tmp_path / "a"), str(tmp_path / "b")]

@@ -10,14 +10,18 @@ from pathlib import Path
 import pytest
 import yaml
 
-from xtc import cli, report, results, summary
+from xtc import cli, results
+from xtc.analysis import summary
+from xtc import reports as report
+from xtc.runtime import REPO_ROOT
 
 FIXTURE = Path(__file__).parent / "fixtures" / "notebooks" / "train.ipynb"
 
 
 def _sweep_file(tmp_path: Path, runs: list[dict], **extra) -> Path:
     path = tmp_path / "fx.yaml"
-    path.write_text(yaml.safe_dump({"notebook": str(FIXTURE), "parameters": {"epochs": 1, "cross_task": "consistency"},
+    path.write_text(yaml.safe_dump({"notebook": str(FIXTURE),
+                                    "parameters": {"epochs": 1, "cross_task": "consistency"},
                                     "runs": runs, "analysis": [], **extra}))
     return path
 
@@ -40,7 +44,8 @@ def test_sweep_records_failure_then_rerun_skips_done_and_retries_failed(tmp_path
     assert 'href="fx/xtc-consistency-s0/results.json"' in index
     assert "failed" in capsys.readouterr().out
 
-    mtime, bad_mtime = (good / "results.json").stat().st_mtime_ns, (bad / "status.json").stat().st_mtime_ns
+    mtime, bad_mtime = ((good / "results.json").stat().st_mtime_ns,
+                        (bad / "status.json").stat().st_mtime_ns)
     records = {r["name"]: r for r in report.run_sweep(sweep, reports_dir=reports, progress=False)}
     assert records["xtc-consistency-s0"]["status"] == "skipped"
     assert (good / "results.json").stat().st_mtime_ns == mtime  # not rerun
@@ -61,7 +66,7 @@ def test_grid_names_ties_and_overrides(tmp_path):
     assert params["overrides"] == {"train.epochs": 2} and params["seed"] == 0
     for preset in report.list_presets():  # every shipped preset and sweep parses
         report.expand_runs(report.load_plan(report.PRESETS_DIR / f"{preset}.yaml"))
-    report.expand_runs(report.load_plan(report.ROOT / "configs" / "sweeps" / "lambda.yaml"))
+    report.expand_runs(report.load_plan(REPO_ROOT / "configs" / "sweeps" / "lambda.yaml"))
 
 
 def test_unknown_preset_and_bad_sweep_exit_2(tmp_path, capsys):
@@ -82,10 +87,14 @@ def _fake_runs(root: Path) -> None:
         "stl-seg-s1": ("stl-seg", "consistency", 1, {"miou": 0.50, "pixel_acc": 0.90}),
         "stl-depth-s0": ("stl-depth", "consistency", 0, {"abs_err": 0.20, "rel_err": 0.40}),
         "stl-depth-s1": ("stl-depth", "consistency", 1, {"abs_err": 0.30, "rel_err": 0.60}),
-        "xtc-s0": ("xtc", "consistency", 0, {"miou": 0.50, "pixel_acc": 0.85, "abs_err": 0.25, "rel_err": 0.5}),
-        "xtc-s1": ("xtc", "consistency", 1, {"miou": 0.60, "pixel_acc": 0.95, "abs_err": 0.15, "rel_err": 0.3}),
-        "mtl-s0": ("mtl", "consistency", 0, {"miou": 0.53, "pixel_acc": 0.70, "abs_err": 0.9, "rel_err": 0.9}),
-        "mtl-s1": ("mtl", "consistency", 1, {"miou": 0.55, "pixel_acc": 0.70, "abs_err": 0.9, "rel_err": 0.9}),
+        "xtc-s0": ("xtc", "consistency", 0,
+                   {"miou": 0.50, "pixel_acc": 0.85, "abs_err": 0.25, "rel_err": 0.5}),
+        "xtc-s1": ("xtc", "consistency", 1,
+                   {"miou": 0.60, "pixel_acc": 0.95, "abs_err": 0.15, "rel_err": 0.3}),
+        "mtl-s0": ("mtl", "consistency", 0,
+                   {"miou": 0.53, "pixel_acc": 0.70, "abs_err": 0.9, "rel_err": 0.9}),
+        "mtl-s1": ("mtl", "consistency", 1,
+                   {"miou": 0.55, "pixel_acc": 0.70, "abs_err": 0.9, "rel_err": 0.9}),
     }
     for name, (method, kind, seed, metrics) in runs.items():
         units = "metres" if name == "mtl-s1" else "inverse depth"
@@ -107,11 +116,13 @@ def test_summary_mean_std_delta_m_match_hand_computed(tmp_path):
     assert x["mean"]["miou"] == pytest.approx(0.55)
     assert x["std"]["miou"] == pytest.approx(math.sqrt(2 * 0.05 ** 2))  # sample std, ddof=1
     # baselines: miou .45, pixel_acc .85 (stl-seg), abs_err .25, rel_err .5 (stl-depth)
-    expected = 25 * (-(0.55 - 0.45) / 0.45 - (0.90 - 0.85) / 0.85 + (0.2 - 0.25) / 0.25 + (0.4 - 0.5) / 0.5)
+    expected = 25 * (-(0.55 - 0.45) / 0.45 - (0.90 - 0.85) / 0.85
+                     + (0.2 - 0.25) / 0.25 + (0.4 - 0.5) / 0.5)
     assert x["delta_m"] == pytest.approx(expected)  # about -17.03: an improvement
     assert groups["stl-seg"]["delta_m"] == pytest.approx(0.0)
     table = summary.comparison_table(summary.aggregate(rows))
-    assert table[3]["mIoU"] == "0.5500 ± 0.0707" and table[3][summary.DM_METRIC].startswith("-17.03")
+    assert (table[3]["mIoU"] == "0.5500 ± 0.0707"
+            and table[3][summary.DM_METRIC].startswith("-17.03"))
     assert "| method |" in summary.to_markdown(table) and "<td>xtc</td>" in summary.to_html(table)
     no_stl = summary.aggregate([r for r in rows if not r["method"].startswith("stl")])
     assert no_stl[0]["delta_m"] is None  # no baselines: no Δm, and the table still renders
@@ -128,14 +139,15 @@ def test_overlap_notes_only_when_spreads_overlap(tmp_path):
     assert any(n.startswith("mIoU: mtl") and "xtc consistency" in n for n in notes)
     # pixel acc: mtl 0.70 ± 0 vs xtc 0.90 ± 0.07: resolved, no note
     assert not any(n.startswith("pixel acc: mtl") and "xtc" in n for n in notes)
-    single = [{"method": "a", "cross_task": "-", "n": 1, "mean": {"miou": 0.5}, "std": {"miou": 0.0}}]
+    single = [{"method": "a", "cross_task": "-", "n": 1, "mean": {"miou": 0.5},
+               "std": {"miou": 0.0}}]
     assert summary.overlap_notes(single) == ["a: one run only, its spread is unknown"]
 
 
 @pytest.mark.slow
 def test_summary_notebook_runs_over_a_folder_and_with_defaults(tmp_path):
     _fake_runs(tmp_path / "runs")
-    nb = report.ROOT / "notebooks" / "90_summary.ipynb"
+    nb = REPO_ROOT / "notebooks" / "90_summary.ipynb"
     report.execute(nb, tmp_path / "out", {"runs_dir": str(tmp_path / "runs"),
                                           "out_dir": str(tmp_path / "out")})
     doc = results.read(tmp_path / "out")
@@ -149,7 +161,8 @@ def test_summary_notebook_runs_over_a_folder_and_with_defaults(tmp_path):
 @pytest.mark.slow
 def test_smoke_preset_trains_every_method_and_summarises(tmp_path):
     """The real 02_train notebook through the smoke preset (tiny runs, ~1-2 min on 2 cores)."""
-    records = {r["name"]: r for r in report.run_preset("smoke", reports_dir=tmp_path, progress=False)}
+    records = {r["name"]: r
+               for r in report.run_preset("smoke", reports_dir=tmp_path, progress=False)}
     for name in ("stl-seg-s0", "stl-depth-s0", "mtl-s0", "xtc-consistency-s0", "90_summary"):
         assert records[name]["status"] == "ok", records[name]["error"]
     groups = results.read(tmp_path / "smoke" / "90_summary")["metrics"]["groups"]
@@ -162,7 +175,7 @@ def test_smoke_preset_trains_every_method_and_summarises(tmp_path):
 def test_plans_cannot_write_outside_the_reports_folder(field, value, tmp_path):
     import yaml
 
-    from xtc import report
+    from xtc import reports as report
 
     plan = {"name": "p", "parameters": {"method": "xtc", "seed": 0},
             "runs": [{"name": "ok"}], "analysis": []}
@@ -185,17 +198,21 @@ def test_collect_lists_every_unreadable_run_but_not_analysis_outputs(tmp_path):
     from +14.40 to +62.34); now the caller gets it in ``problems``."""
     _fake_runs(tmp_path)
     problems: list = []
-    assert len(summary.collect(tmp_path, problems=problems)) == 8 and problems == []  # 90_summary: analysis
-    results.write(tmp_path / "x" / "eval-val", metrics={"val": {"miou": 0.1}}, split="val")  # another split
-    results.write(tmp_path / "03", metrics={"surface": {}, "interpolation": {}})  # 03_loss_landscape
-    results.write(tmp_path / ".attempts" / "mtl-s0-1", metrics={"test": {"miou": 0.9}})  # moved aside
+    # 90_summary: analysis
+    assert len(summary.collect(tmp_path, problems=problems)) == 8 and problems == []
+    # another split
+    results.write(tmp_path / "x" / "eval-val", metrics={"val": {"miou": 0.1}}, split="val")
+    # 03_loss_landscape
+    results.write(tmp_path / "03", metrics={"surface": {}, "interpolation": {}})
+    # moved aside
+    results.write(tmp_path / ".attempts" / "mtl-s0-1", metrics={"test": {"miou": 0.9}})
     text = (tmp_path / "mtl-s1" / "results.json").read_text()
     (tmp_path / "mtl-s1" / "results.json").write_text(text[: len(text) // 2])
     (tmp_path / "odd").mkdir()
     (tmp_path / "odd" / "results.json").write_text('{"metrics": {"val": {"miou": 0.5}}}')
     rows = summary.collect(tmp_path, problems=problems)
-    assert sorted(r["name"] for r in rows) == ["mtl-s0", "stl-depth-s0", "stl-depth-s1", "stl-seg-s0",
-                                               "stl-seg-s1", "xtc-s0", "xtc-s1"]
+    assert sorted(r["name"] for r in rows) == ["mtl-s0", "stl-depth-s0", "stl-depth-s1",
+                                               "stl-seg-s0", "stl-seg-s1", "xtc-s0", "xtc-s1"]
     assert [(Path(p["path"]).parent.name, p["reason"].split(" (")[0]) for p in problems] == [
         ("mtl-s1", "is not valid JSON"), ("odd", "has no metrics.test")]
     assert summary.collect(tmp_path) == rows  # without a list: same rows, nothing raised

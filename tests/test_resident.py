@@ -53,7 +53,8 @@ def test_a_resident_run_matches_the_dataloader_run(tiny_config):
                             resident_run.model.state_dict().values()):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=name)
     for key in ("miou", "abs_err"):
-        assert resident_run.test_metrics[key] == pytest.approx(loader_run.test_metrics[key], abs=1e-4)
+        assert (resident_run.test_metrics[key]
+                == pytest.approx(loader_run.test_metrics[key], abs=1e-4))
 
 
 def test_a_split_too_big_for_the_device_is_refused_with_the_fix():

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from xtc.significance import permutation_test
+from xtc.analysis.significance import permutation_test
 
 
 def test_fully_separated_five_vs_five_is_the_smallest_p():

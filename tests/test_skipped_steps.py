@@ -60,7 +60,8 @@ def test_one_nan_image_skips_only_its_batch(weighting, monkeypatch):
         assert all(math.isfinite(w) for w in epoch["weights"].values()), epoch
         assert math.isfinite(epoch["train_total"]), epoch
         # the skipped forward's BatchNorm statistics were rolled back: evaluation stays finite
-        assert math.isfinite(epoch["val_direct_loss"]) and math.isfinite(epoch["val_abs_err"]), epoch
+        assert (math.isfinite(epoch["val_direct_loss"])
+                and math.isfinite(epoch["val_abs_err"])), epoch
     for name, parameter in run.model.named_parameters():
         assert torch.isfinite(parameter).all(), name
     for name, buffer in run.model.named_buffers():

@@ -21,7 +21,10 @@ import torch
 import yaml
 
 from tests.conftest import TINY
-from xtc import cli, executors, report
+from xtc import cli
+from xtc import reports as report
+from xtc.reports import executors
+from xtc.errors import SetupError
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "tools" / "slurm-local.sh"
@@ -57,7 +60,8 @@ def slurm(tmp_path_factory):
     if why:
         pytest.skip(why)
     env = {**os.environ}
-    up = subprocess.run(["bash", str(SCRIPT), "status"], env=env, capture_output=True).returncode == 0
+    up = subprocess.run(["bash", str(SCRIPT), "status"], env=env,
+                        capture_output=True).returncode == 0
     if not up:
         started = subprocess.run(["bash", str(SCRIPT), "start"], env=env, capture_output=True,
                                  text=True, timeout=120)
@@ -106,7 +110,8 @@ def _assert_same_weights(a: Path, b: Path) -> None:
 
 # --------------------------------------------------------------------------- with Slurm
 @pytest.mark.slow
-def test_failed_task_does_not_stop_the_others_and_a_rerun_resubmits_only_it(slurm, tmp_path, capsys):
+def test_failed_task_does_not_stop_the_others_and_a_rerun_resubmits_only_it(slurm, tmp_path,
+                                                                             capsys):
     plan = _plan(tmp_path, [
         {"method": "stl-seg", "seed": 0},
         {"method": "mtl", "seed": 0},
@@ -247,7 +252,7 @@ def test_slurm_executor_without_submitit_names_the_install(tmp_path, monkeypatch
         return real(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_submitit)
-    with pytest.raises(ValueError, match=r"pip install submitit==\d"):
+    with pytest.raises(SetupError, match=r"pip install submitit==\d"):
         executors.check_slurm()
 
 
@@ -289,7 +294,7 @@ def test_plan_executor_key_and_command_line_combine():
 def test_sweeps_train_with_resume_auto(tmp_path, monkeypatch):
     """02_train takes ``resume`` and sweeps pass "auto" (outside the recorded spec)."""
     seen = []
-    monkeypatch.setattr(report, "_run_task", lambda task, threads: seen.append(task) or
+    monkeypatch.setattr(report.sweep, "run_task", lambda task, threads: seen.append(task) or
                         {"name": task["name"], "kind": task["kind"], "status": "failed",
                          "error": "x", "notebook": ""})
     report.run_sweep(_plan(tmp_path, [{"method": "mtl", "seed": 0}]),

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import pytest
 
-from xtc import published, report, results, summary
+from xtc import results
+from xtc.analysis import published, summary
+from xtc import reports as report
+from xtc.runtime import REPO_ROOT
 
 SEG, DEPTH = ("miou", "pixel_acc"), ("abs_err", "rel_err")
 
@@ -25,12 +28,15 @@ def _row(name, method, protocol, metrics, seed=0, data=("cityscapes", 7)):
 def _two_protocols():
     """xtc: mtl is 10% better on seg, 10% worse on depth (Δm 0). mtan: better everywhere."""
     return [
-        _row("x-stl-seg", "stl-seg", None, {"miou": 0.5, "pixel_acc": 0.8}),  # older run: no name = xtc
+        # older run: no name = xtc
+        _row("x-stl-seg", "stl-seg", None, {"miou": 0.5, "pixel_acc": 0.8}),
         _row("x-stl-depth", "stl-depth", "xtc", {"abs_err": 0.2, "rel_err": 0.4}),
-        _row("x-mtl", "mtl", "xtc", {"miou": 0.55, "pixel_acc": 0.88, "abs_err": 0.22, "rel_err": 0.44}),
+        _row("x-mtl", "mtl", "xtc",
+             {"miou": 0.55, "pixel_acc": 0.88, "abs_err": 0.22, "rel_err": 0.44}),
         _row("m-stl-seg", "stl-seg", "mtan", {"miou": 0.4, "pixel_acc": 0.8}),
         _row("m-stl-depth", "stl-depth", "mtan", {"abs_err": 0.1, "rel_err": 0.5}),
-        _row("m-mtl", "mtl", "mtan", {"miou": 0.44, "pixel_acc": 0.84, "abs_err": 0.09, "rel_err": 0.45}),
+        _row("m-mtl", "mtl", "mtan",
+             {"miou": 0.44, "pixel_acc": 0.84, "abs_err": 0.09, "rel_err": 0.45}),
     ]
 
 
@@ -44,8 +50,10 @@ def test_aggregate_groups_and_baselines_per_protocol():
     mtl = {g["protocol"]: g for g in groups if g["method"] == "mtl"}
     assert mtl["xtc"]["n"] == mtl["mtan"]["n"] == 1  # not one group of two
     assert mtl["xtc"]["delta_m"] == pytest.approx(25 * (-0.1 - 0.1 + 0.1 + 0.1))  # 0 vs xtc's STL
-    assert mtl["mtan"]["delta_m"] == pytest.approx(25 * (-0.1 - 0.05 - 0.1 - 0.1))  # -8.75 vs mtan's STL
-    assert mtl["mtan"]["delta_m_task"] == pytest.approx(mtl["mtan"]["delta_m"])  # 2 metrics per task
+    # -8.75 vs mtan's STL
+    assert mtl["mtan"]["delta_m"] == pytest.approx(25 * (-0.1 - 0.05 - 0.1 - 0.1))
+    # 2 metrics per task
+    assert mtl["mtan"]["delta_m_task"] == pytest.approx(mtl["mtan"]["delta_m"])
 
 
 def test_task_weighted_delta_m_column_differs_when_tasks_have_unequal_metrics():
@@ -56,7 +64,8 @@ def test_task_weighted_delta_m_column_differs_when_tasks_have_unequal_metrics():
     assert mtl["delta_m_task"] == pytest.approx(100 * ((-0.1 - 0.05) / 2 - 0.1) / 2)  # -8.75
     table = summary.comparison_table(groups)
     assert table[2][summary.DM_METRIC] == "-8.33" and table[2][summary.DM_TASK] == "-8.75"
-    assert summary.DM_METRIC == "Δm% metric-wt (lower better)" and summary.DM_TASK == "Δm% task-wt (lower better)"
+    assert summary.DM_METRIC == "Δm% metric-wt (lower better)"
+    assert summary.DM_TASK == "Δm% task-wt (lower better)"
 
 
 def test_rankings_refuse_mixed_protocols():
@@ -76,7 +85,8 @@ def test_side_by_side_blocks_have_their_own_delta_m():
     table = summary.side_by_side(rows)
     assert [r["method"] for r in table] == ["stl-seg", "stl-depth", "mtl", "xtc"]
     mtl, xtc = table[2], table[3]
-    assert mtl[f"mtan: {summary.DM_METRIC}"] == "-8.75" and mtl[f"xtc: {summary.DM_METRIC}"] == "+0.00"
+    assert (mtl[f"mtan: {summary.DM_METRIC}"] == "-8.75"
+            and mtl[f"xtc: {summary.DM_METRIC}"] == "+0.00")
     assert mtl["mtan: mIoU"] == "0.4400" and mtl["xtc: mIoU"] == "0.5500"
     assert xtc["mtan: n"] == "0" and xtc["mtan: mIoU"] == "" and xtc["xtc: n"] == "1"
     assert not any("rank" in c.lower() for c in table[0])
@@ -85,10 +95,14 @@ def test_side_by_side_blocks_have_their_own_delta_m():
 def test_protocol_text_puts_name_selection_and_reported_first():
     text = summary.protocol_text(_two_protocols())
     lines = text.splitlines()
-    assert lines[1].startswith("- protocol name: RUNS DISAGREE: xtc (x-stl-seg, x-stl-depth, x-mtl); mtan")
-    assert lines[2].startswith("- model_selection: RUNS DISAGREE") and lines[3].startswith("- reported_metrics:")
-    assert "several protocols" in text and "task-weighted" in text and "metric-weighted" in text.lower()
-    old = summary.row_from_results({"metrics": {"test": {"miou": 0.5}}, "protocol": {"seed": 0}}, "/r/old")
+    assert lines[1].startswith(
+        "- protocol name: RUNS DISAGREE: xtc (x-stl-seg, x-stl-depth, x-mtl); mtan")
+    assert (lines[2].startswith("- model_selection: RUNS DISAGREE")
+            and lines[3].startswith("- reported_metrics:"))
+    assert ("several protocols" in text and "task-weighted" in text
+            and "metric-weighted" in text.lower())
+    old = summary.row_from_results({"metrics": {"test": {"miou": 0.5}}, "protocol": {"seed": 0}},
+                                   "/r/old")
     assert summary.protocol_text([old]).splitlines()[1] == "- protocol name: xtc"
 
 
@@ -96,7 +110,8 @@ def _mtan_cityscapes(data=("cityscapes", 7)):
     stl = published.baseline("cityscapes-7")
     return [_row("stl-seg", "stl-seg", "mtan", {m: stl[m] for m in SEG}, data=data),
             _row("stl-depth", "stl-depth", "mtan", {m: stl[m] for m in DEPTH}, data=data),
-            _row("xtc", "xtc", "mtan", {"miou": 0.75, "pixel_acc": 0.94, "abs_err": 0.0120, "rel_err": 27.0},
+            _row("xtc", "xtc", "mtan",
+                 {"miou": 0.75, "pixel_acc": 0.94, "abs_err": 0.0120, "rel_err": 27.0},
                  data=data)]
 
 
@@ -116,11 +131,12 @@ def test_published_refusal_names_protocol_or_dataset():
 def test_beside_published_cityscapes_rows():
     table = summary.beside_published(_mtan_cityscapes(), "cityscapes-7")
     labels = [r["row"] for r in table]
-    assert labels[:3] == ["ours: stl-seg", "ours: stl-depth", "ours: xtc consistency"] and "STL" in labels
+    assert (labels[:3] == ["ours: stl-seg", "ours: stl-depth", "ours: xtc consistency"]
+            and "STL" in labels)
     assert "MTAN paper" not in labels  # legacy per-image mIoU: another protocol
     ours = table[2]
-    by_hand = 25 * (-(0.75 - 0.7401) / 0.7401 - (0.94 - 0.9316) / 0.9316 + (0.0120 - 0.0125) / 0.0125
-                    + (27.0 - 27.77) / 27.77)
+    by_hand = 25 * (-(0.75 - 0.7401) / 0.7401 - (0.94 - 0.9316) / 0.9316
+                    + (0.0120 - 0.0125) / 0.0125 + (27.0 - 27.77) / 27.77)
     assert ours[summary.DM_METRIC] == f"{by_hand:+.2f}" and ours["mIoU"] == "0.7500"
     nash = next(r for r in table if r["row"] == "Nash-MTL")
     assert nash[summary.DM_METRIC] == "+6.72" and nash["Δm% printed (source's metrics)"] == "+6.82"
@@ -138,23 +154,28 @@ def test_beside_published_nyuv2_uses_only_our_metrics():
     nash = next(r for r in table if r["row"] == "Nash-MTL")
     seg_depth = 25 * (-(40.13 - 38.30) / 38.30 - (65.93 - 63.76) / 63.76
                       + (0.5261 - 0.6754) / 0.6754 + (0.2171 - 0.2780) / 0.2780)
-    assert nash[summary.DM_METRIC] == f"{seg_depth:+.2f}" and nash["Δm% printed (source's metrics)"] == "-4.04"
+    assert (nash[summary.DM_METRIC] == f"{seg_depth:+.2f}"
+            and nash["Δm% printed (source's metrics)"] == "-4.04")
 
 
 @pytest.mark.slow
 def test_summary_notebook_with_two_protocols_and_a_refused_published_table(tmp_path):
     for r in _two_protocols():
-        results.write(tmp_path / "runs" / r["name"], params=r["params"], metrics={"test": r["metrics"]},
-                      protocol=r["protocol"])
-    nb = report.ROOT / "notebooks" / "90_summary.ipynb"
-    report.execute(nb, tmp_path / "out", {"runs_dir": str(tmp_path / "runs"), "out_dir": str(tmp_path / "out"),
+        results.write(tmp_path / "runs" / r["name"], params=r["params"],
+                      metrics={"test": r["metrics"]}, protocol=r["protocol"])
+    nb = REPO_ROOT / "notebooks" / "90_summary.ipynb"
+    report.execute(nb, tmp_path / "out", {"runs_dir": str(tmp_path / "runs"),
+                                          "out_dir": str(tmp_path / "out"),
                                           "published": "cityscapes-7"})
     doc = results.read(tmp_path / "out")
     assert sorted(doc["tables"]) == ["mtan", "xtc"] and doc["protocols"] == ["mtan", "xtc"]
-    assert {(g["protocol"], g["method"]) for g in doc["metrics"]["groups"]} >= {("mtan", "mtl"), ("xtc", "mtl")}
-    mtl = next(g for g in doc["metrics"]["groups"] if g["method"] == "mtl" and g["protocol"] == "mtan")
+    assert ({(g["protocol"], g["method"]) for g in doc["metrics"]["groups"]}
+            >= {("mtan", "mtl"), ("xtc", "mtl")})
+    mtl = next(g for g in doc["metrics"]["groups"]
+               if g["method"] == "mtl" and g["protocol"] == "mtan")
     assert mtl["delta_m_task"] == pytest.approx(-8.75)
     assert doc["side_by_side"][2]["mtan: Δm% task-wt (lower better)"] == "-8.75"
-    assert doc["published"]["table"] == [] and doc["published"]["refusal"].startswith("protocol differs")
+    assert (doc["published"]["table"] == []
+            and doc["published"]["refusal"].startswith("protocol differs"))
     html_out = (tmp_path / "out" / "90_summary.html").read_text()
     assert "protocol differs" in html_out and "Protocol <code>mtan</code>" in html_out

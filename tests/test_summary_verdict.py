@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from xtc import summary
+from xtc.analysis import summary
 
 MTL = {"miou": 0.50, "pixel_acc": 0.80, "abs_err": 0.20, "rel_err": 0.40}
 XTC = {"miou": 0.60, "pixel_acc": 0.85, "abs_err": 0.18, "rel_err": 0.38}  # better on every metric
@@ -15,7 +15,8 @@ XTC = {"miou": 0.60, "pixel_acc": 0.85, "abs_err": 0.18, "rel_err": 0.38}  # bet
 
 def _row(name, method, seed, metrics, lam=0.01, detach=False, cross="consistency", protocol="xtc"):
     doc = {"params": {"model.method": method, "loss.cross_task": cross, "train.seed": seed,
-                      "loss.lambda1": lam, "loss.lambda2": lam, "model.transfer_detach_input": detach},
+                      "loss.lambda1": lam, "loss.lambda2": lam,
+                      "model.transfer_detach_input": detach},
            "metrics": {"test": metrics}, "protocol": {"name": protocol, "depth_units": "metres"}}
     return summary.row_from_results(doc, f"/runs/{name}-s{seed}")
 
@@ -50,7 +51,8 @@ def test_group_labels_are_words():
     assert summary.group_label(g, by) == "xtc consistency, λ=0.01, detached control"
     assert summary.group_label(g, ("method", "cross_task", "model.transfer_detach_input")) == \
         "xtc consistency, detached control"
-    assert label(method="xtc", cross_task="alignment", lambda1=0.0) == "xtc alignment, λ1=0"  # λ2 unknown
+    # λ2 unknown
+    assert label(method="xtc", cross_task="alignment", lambda1=0.0) == "xtc alignment, λ1=0"
     assert label(method="xtc", cross_task="consistency", lambda1=0.01, lambda2=0.1) == \
         "xtc consistency, λ1=0.01, λ2=0.1"
     assert label(method="mtl", **{"loss.weighting": "dwa"}) == "mtl, weighting=dwa"
@@ -98,15 +100,19 @@ def test_five_vs_five_separated_runs_are_resolved():
     pair = pairs[("mtl", "xtc consistency, λ=0.01")]
     for q in ("delta_m", "delta_m_task", "miou", "pixel_acc", "abs_err", "rel_err"):
         assert pair["tests"][q]["p"] == pytest.approx(2 / 252) and pair["tests"][q]["resolved"], q
-    assert pair["tests"]["miou"]["d"] < 0 < pair["tests"]["delta_m"]["d"]  # mtl: lower mIoU, higher Δm
+    # mtl: lower mIoU, higher Δm
+    assert pair["tests"]["miou"]["d"] < 0 < pair["tests"]["delta_m"]["d"]
     assert ("stl-seg", "stl-depth") not in pairs  # nothing in common
     stl = pairs[("stl-seg", "mtl")]["tests"]
     assert set(stl) == {"miou", "pixel_acc"}  # no Δm test against an STL group
-    table = {(r["A"], r["B"]): r for r in summary.significance_table(rows, by, depth_units="metres")}
+    table = {(r["A"], r["B"]): r
+             for r in summary.significance_table(rows, by, depth_units="metres")}
     row = table[("mtl", "xtc consistency, λ=0.01")]
     assert row["n (A vs B)"] == "5 vs 5" and row["smallest possible p"] == "0.008"
-    assert row["Δm% metric-wt ↓"].startswith("p=0.008, d=+") and row["Δm% metric-wt ↓"].endswith(" ✓")
-    assert row["abs err (metres) ↓"].startswith("p=0.008") and row["mIoU (fraction) ↑"].endswith("✓")
+    assert (row["Δm% metric-wt ↓"].startswith("p=0.008, d=+")
+            and row["Δm% metric-wt ↓"].endswith(" ✓"))
+    assert (row["abs err (metres) ↓"].startswith("p=0.008")
+            and row["mIoU (fraction) ↑"].endswith("✓"))
     assert table[("stl-seg", "mtl")]["Δm% metric-wt ↓"] == ""
     assert len(table) == 14  # 6 groups: 15 pairs, less stl-seg vs stl-depth (no metric in common)
     text = summary.verdict(rows, by)
@@ -114,7 +120,8 @@ def test_five_vs_five_separated_runs_are_resolved():
     assert "it also has the best task-weighted Δm%" in text
     assert "Against mtl (n=5): resolved for Δm% metric-wt (p=0.008, d=-" in text
     assert "Against the λ=0 control (xtc consistency, λ=0, n=5): resolved" in text
-    assert "Against the detached control (xtc consistency, λ=0.01, detached control, n=5): resolved" in text
+    assert ("Against the detached control (xtc consistency, λ=0.01, detached control, n=5): "
+            "resolved" in text)
     assert "not resolved" not in text
 
 
@@ -122,18 +129,23 @@ def test_two_vs_two_is_never_resolved_and_says_why():
     rows = _rows(2)
     by = summary.grouping(rows)
     pair = next(p for p in summary.significance(rows, by)
-                if p["a"]["method"] == "mtl" and summary.control_kind(p["b"]) is None and p["b"]["method"] == "xtc")
-    assert pair["tests"]["delta_m"]["p"] == pytest.approx(1 / 3) and not pair["tests"]["delta_m"]["resolved"]
+                if p["a"]["method"] == "mtl" and summary.control_kind(p["b"]) is None
+                and p["b"]["method"] == "xtc")
+    assert (pair["tests"]["delta_m"]["p"] == pytest.approx(1 / 3)
+            and not pair["tests"]["delta_m"]["resolved"])
     text = summary.verdict(rows, by)
     assert ("Against mtl (n=2): not resolved by 2 vs 2 seeds for Δm% metric-wt (p=0.333)" in text)
-    assert text.count("smallest possible p with 2 vs 2 is 0.333, so 2 vs 2 seeds can never reach p < 0.05") == 3
+    assert text.count("smallest possible p with 2 vs 2 is 0.333, so 2 vs 2 seeds can never "
+                      "reach p < 0.05") == 3
     assert "resolved for" not in text
-    row = next(r for r in summary.significance_table(rows, by) if r["A"] == "mtl" and r["B"] == "xtc consistency, λ=0.01")
+    row = next(r for r in summary.significance_table(rows, by)
+               if r["A"] == "mtl" and r["B"] == "xtc consistency, λ=0.01")
     assert row["smallest possible p"] == "0.333" and "✓" not in "".join(row.values())
 
 
 def test_verdict_per_protocol_and_without_baselines():
-    rows = _rows(2, controls=False) + [_row("m", "mtl", s, _jitter(MTL, s), protocol="mtan") for s in (0, 1)]
+    rows = _rows(2, controls=False) + [_row("m", "mtl", s, _jitter(MTL, s), protocol="mtan")
+                                       for s in (0, 1)]
     with pytest.raises(ValueError, match="different protocols"):
         summary.significance(rows)
     text = summary.verdict(rows)
@@ -141,5 +153,6 @@ def test_verdict_per_protocol_and_without_baselines():
     assert "Protocol mtan: no Δm" in text  # mtan has no STL runs: no ranking stated
     assert summary.verdict([]) == "No runs: nothing to compare."
     one = summary.verdict([r for r in _rows(1, controls=False)])
-    assert "one run: its spread is unknown" in one and "smallest possible p with 1 vs 1 is 1.000" in one
+    assert ("one run: its spread is unknown" in one
+            and "smallest possible p with 1 vs 1 is 1.000" in one)
     assert math.isclose(summary.smallest_p(1, 1), 1.0)

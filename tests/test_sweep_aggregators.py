@@ -1,11 +1,13 @@
-"""configs/sweeps/aggregators.yaml is a valid plan (checked by xtc.report.load_plan, as
+"""configs/sweeps/aggregators.yaml is a valid plan (checked by xtc.reports.load_plan, as
 ``xtc sweep`` does before anything runs) with the runs it promises: none and four aggregators
 x objectives {tasks, terms} x seeds {0, 1}, the STL runs for Δm, and 07 + 90 analyses grouped
 by aggregator and objectives. Nothing is trained."""
 
 from pathlib import Path
 
-from xtc import config, report, summary
+from xtc import config
+from xtc.analysis import summary
+from xtc import reports as report
 
 ROOT = Path(__file__).resolve().parent.parent
 SWEEP = ROOT / "configs" / "sweeps" / "aggregators.yaml"
@@ -25,7 +27,8 @@ def test_the_plan_loads_and_expands_to_the_promised_runs():
     runs = _runs()
     expected = {f"stl-{t}-s{s}" for t in ("seg", "depth") for s in (0, 1)}
     expected |= {f"xtc-none-tasks-s{s}" for s in (0, 1)}
-    expected |= {f"xtc-{a}-{m}-s{s}" for a in AGGREGATORS for m in ("tasks", "terms") for s in (0, 1)}
+    expected |= {f"xtc-{a}-{m}-s{s}"
+                 for a in AGGREGATORS for m in ("tasks", "terms") for s in (0, 1)}
     assert set(runs) == expected
 
 

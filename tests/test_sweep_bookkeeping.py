@@ -21,7 +21,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from xtc import cli, report, results, summary
+from xtc import cli, results
+from xtc.analysis import summary
+from xtc import files
+from xtc import reports as report
+from xtc.runtime import REPO_ROOT
 
 FIXTURES = Path(__file__).parent / "fixtures" / "notebooks"
 TRAIN, SUMMARY = FIXTURES / "train.ipynb", FIXTURES / "summary.ipynb"
@@ -32,7 +36,8 @@ class Killed(KeyboardInterrupt):
     """Stands for a kill: not an Exception, so no ``except Exception`` handler swallows it."""
 
 
-def _plan(tmp_path: Path, epochs: int = 1, methods=("stl-seg", "stl-depth", "xtc"), **extra) -> Path:
+def _plan(tmp_path: Path, epochs: int = 1, methods=("stl-seg", "stl-depth", "xtc"),
+          **extra) -> Path:
     path = tmp_path / "fx.yaml"
     path.write_text(yaml.safe_dump({
         "notebook": str(TRAIN), "parameters": {"epochs": epochs, "cross_task": "consistency"},
@@ -66,8 +71,10 @@ def _inprocess_execute(notebook, out_dir, parameters=None, hook=None, **_):
 
 
 def _sweep(plan: Path, reports: Path, monkeypatch, hook=None) -> list[dict]:
-    monkeypatch.setattr(report, "execute",
-                        lambda nb, out, params=None, **kw: _inprocess_execute(nb, out, params, hook))
+    def execute(nb, out, params=None, **kw):
+        return _inprocess_execute(nb, out, params, hook)
+
+    monkeypatch.setattr(report.runs, "execute", execute)
     return report.run_sweep(plan, reports_dir=reports, progress=False)
 
 
@@ -80,7 +87,8 @@ def _tables(reports: Path) -> dict:
     index = (reports / "index.html").read_text()
     table = re.search(r"<h2>fx</h2><table>.*?</table>", index).group(0)
     analysis = results.read(plan_dir / "summary")
-    return {"rows": rows, "problems": problems, "analysis": (analysis["metrics"], analysis["problems"]),
+    return {"rows": rows, "problems": problems,
+            "analysis": (analysis["metrics"], analysis["problems"]),
             "index": table, "unreadable": "<h2>Problems (" in index}
 
 
@@ -117,7 +125,7 @@ def _kill_in_run(stage: str, victim: str = "stl-depth-s0"):
 def _kill_on_write(monkeypatch, name: str, victim: str | None = None, leave_tmp: bool = True):
     """Kill while ``name`` (status.json / plan.json / index.html) is being written atomically:
     the temporary file is left behind, as a SIGKILL would, and the target is not written."""
-    real = report.atomic_write
+    real = files.atomic_write
 
     def atomic_write(path, write):
         path = Path(path)
@@ -127,7 +135,7 @@ def _kill_on_write(monkeypatch, name: str, victim: str | None = None, leave_tmp:
             raise Killed(f"killed writing {path}")
         return real(path, write)
 
-    monkeypatch.setattr(report, "atomic_write", atomic_write)
+    monkeypatch.setattr(files, "atomic_write", atomic_write)
 
 
 KILL_POINTS = ["run-before-results", "run-after-results", "between-results-and-status",
@@ -144,14 +152,14 @@ def test_killed_sweep_rerun_gives_the_uninterrupted_table(point, tmp_path, monke
     elif point in ("run-after-results", "two-kills-in-a-row"):
         hook = _kill_in_run("after-results")
     elif point == "between-results-and-status":
-        real = report._write_status
+        real = report.runs.write_status
 
         def write_status(out, record):
             if Path(out).name == "stl-depth-s0":
                 assert (Path(out) / "results.json").is_file()
                 raise Killed("killed between results.json and status.json")
             return real(out, record)
-        monkeypatch.setattr(report, "_write_status", write_status)
+        monkeypatch.setattr(report.runs, "write_status", write_status)
     elif point == "during-status-write":
         _kill_on_write(monkeypatch, "status.json", victim="stl-depth-s0")
     elif point == "during-analysis":
@@ -179,14 +187,40 @@ def test_killed_sweep_rerun_gives_the_uninterrupted_table(point, tmp_path, monke
         assert [p.name.startswith("stl-depth-s0-") for p in kept] == [True]
         moved = json.loads((kept[0] / "MOVED_ASIDE.json").read_text())
         assert "interrupted" in moved["reason"]
-        assert (kept[0] / ("checkpoints" if point == "run-before-results" else "results.json")).exists()
+        assert (kept[0] / ("checkpoints" if point == "run-before-results"
+                           else "results.json")).exists()
     if point == "two-kills-in-a-row":
         assert sorted(json.loads((p / "MOVED_ASIDE.json").read_text())["run"]
                       for p in attempts.iterdir()) == ["stl-depth-s0", "xtc-consistency-s0"]
 
 
-def test_the_kill_corpus_is_large_enough():
-    assert len(KILL_POINTS) >= 6
+# What each kill point interrupts: a bookkeeping file mid-write, or a notebook of a kind.
+KILLED_WRITES = {"during-status-write": "status.json", "during-plan-json": "plan.json",
+                 "during-index": "index.html"}
+KILLED_NOTEBOOKS = {"run-before-results": "run", "run-after-results": "run",
+                    "between-results-and-status": "run", "during-analysis": "analysis"}
+
+
+def test_every_step_of_a_sweep_has_a_kill_point(tmp_path, monkeypatch):
+    """"Killed at any point": every file an uninterrupted sweep writes atomically, and every
+    kind of notebook it runs, is a kill point above; a sweep that grows a new bookkeeping
+    file fails here until a kill point covers it. (The notebooks' own writes, results.json
+    and the HTML export, happen inside a run: run-before-results / run-after-results.)"""
+    assert set(KILLED_WRITES) | set(KILLED_NOTEBOOKS) <= set(KILL_POINTS)
+    written, executed, real_write = set(), [], files.atomic_write
+
+    def atomic_write(path, write):
+        written.add(Path(path).name)
+        return real_write(path, write)
+
+    monkeypatch.setattr(files, "atomic_write", atomic_write)
+    records = _sweep(_plan(tmp_path), tmp_path / "reports", monkeypatch,
+                     hook=lambda out_dir: executed.append(out_dir.name))
+    assert [r["status"] for r in records] == ["ok"] * 4
+    assert written == set(KILLED_WRITES.values()), written
+    kinds = {name: "run" for name in RUNS} | {"summary": "analysis"}
+    assert sorted(executed) == sorted(kinds)
+    assert {kinds[name] for name in executed} == set(KILLED_NOTEBOOKS.values())
 
 
 @pytest.mark.slow
@@ -218,21 +252,26 @@ def test_edited_parameters_rerun_every_point_and_keep_the_old_runs(tmp_path, mon
     for name in RUNS:
         assert records[name]["status"] == "ok"
         assert records[name]["rerun_reason"] == "parameters changed: epochs 3 -> 5"
-        assert json.loads((reports / "fx" / name / "status.json").read_text())["spec"]["epochs"] == 5
+        status = json.loads((reports / "fx" / name / "status.json").read_text())
+        assert status["spec"]["epochs"] == 5
         kept = Path(records[name]["previous_attempt"])
-        assert kept.parent.name == report.ATTEMPTS and (kept / "results.json").read_bytes() == old[name]
-    assert [r["status"] for r in _sweep(_plan(tmp_path, epochs=5), reports, monkeypatch)] == ["skipped"] * 3 + ["ok"]
+        assert (kept.parent.name == report.ATTEMPTS
+                and (kept / "results.json").read_bytes() == old[name])
+    assert ([r["status"] for r in _sweep(_plan(tmp_path, epochs=5), reports, monkeypatch)]
+            == ["skipped"] * 3 + ["ok"])
     # a point removed from the plan leaves the table (moved aside, not deleted)
     records = {r["name"]: r for r in _sweep(_plan(tmp_path, epochs=5, methods=("stl-seg", "xtc")),
                                             reports, monkeypatch)}
     assert records["stl-depth-s0"]["status"] == "moved"
     assert (Path(records["stl-depth-s0"]["previous_attempt"]) / "results.json").is_file()
-    assert [r["name"] for r in summary.collect(reports / "fx")] == ["stl-seg-s0", "xtc-consistency-s0"]
+    assert ([r["name"] for r in summary.collect(reports / "fx")]
+            == ["stl-seg-s0", "xtc-consistency-s0"])
     assert "earlier attempt(s) moved aside" in (reports / "index.html").read_text()
 
 
 @pytest.mark.parametrize("damage", ["truncated", "empty", "edited", "a-list", "deleted"])
-def test_damaged_results_of_an_ok_run_are_redone_not_skipped(damage, tmp_path, monkeypatch, reference):
+def test_damaged_results_of_an_ok_run_are_redone_not_skipped(damage, tmp_path, monkeypatch,
+                                                             reference):
     plan, reports = _plan(tmp_path), tmp_path / "reports"
     _sweep(plan, reports, monkeypatch)
     path = reports / "fx" / "xtc-consistency-s0" / "results.json"
@@ -252,21 +291,24 @@ def test_damaged_results_of_an_ok_run_are_redone_not_skipped(damage, tmp_path, m
 
 # --------------------------------------------------------------------------- bad plans
 def _snapshot(folder: Path) -> dict:
-    return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {p: hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def _cli_error(plan: Path, reports: Path, capsys) -> str:
     code = cli.main(["sweep", str(plan), "--reports-dir", str(reports)])
     err = capsys.readouterr().err.strip()
     assert code == 2, err
-    assert err.startswith("xtc: error:") and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert (err.startswith("xtc: error:") and len(err.splitlines()) == 1
+            and "Traceback" not in err), err
     return err
 
 
 CODE = 'exec("import pathlib; pathlib.Path(\'PWNED\').touch()")#'
 PLAN_CASES = [  # (id, change to a valid plan, fragment of the one-line error)
     ("code-in-grid-name", {"grid": {CODE: [1]}}, "is not a parameter of train.ipynb"),
-    ("code-in-runs-name", {"runs": [{"method": "xtc", CODE: 1}]}, "is not a parameter of train.ipynb"),
+    ("code-in-runs-name", {"runs": [{"method": "xtc", CODE: 1}]},
+     "is not a parameter of train.ipynb"),
     ("code-in-parameters-name", {"parameters": {CODE: 1}}, "is not a parameter of train.ipynb"),
     ("code-in-analysis-name", {"analysis": [{"notebook": str(SUMMARY), "parameters": {CODE: 1}}]},
      "is not a parameter of summary.ipynb"),
@@ -274,20 +316,27 @@ PLAN_CASES = [  # (id, change to a valid plan, fragment of the one-line error)
     ("misspelt-grid-name", {"grid": {"lamda1": [0.1]}}, "did you mean 'lambda1'"),
     ("misspelt-tied-name", {"grid": {"lambda1+lamda2": [0.1]}}, "'lamda2' is not a parameter"),
     ("misspelt-config-key", {"grid": {"train.epoch": [2]}}, "unknown config key 'train.epoch'"),
-    ("misspelt-override", {"parameters": {"overrides": {"data.trainsize": 8}}}, "unknown config key 'data.trainsize'"),
-    ("config-key-in-parameters", {"parameters": {"train.epochs": 2}}, "go under 'parameters.overrides'"),
+    ("misspelt-override", {"parameters": {"overrides": {"data.trainsize": 8}}},
+     "unknown config key 'data.trainsize'"),
+    ("config-key-in-parameters", {"parameters": {"train.epochs": 2}},
+     "go under 'parameters.overrides'"),
     ("config-value-type", {"runs": [{"method": "xtc", "train.epochs": "two"}]}, "expected int"),
-    ("misspelt-analysis-name", {"analysis": [{"notebook": str(SUMMARY), "parameters": {"run_dir": "$runs"}}]},
+    ("misspelt-analysis-name",
+     {"analysis": [{"notebook": str(SUMMARY), "parameters": {"run_dir": "$runs"}}]},
      "did you mean 'runs_dir'"),
-    ("analysis-unknown-key", {"analysis": [{"notebook": str(SUMMARY), "parameter": {}}]}, "unknown key(s) ['parameter']"),
+    ("analysis-unknown-key", {"analysis": [{"notebook": str(SUMMARY), "parameter": {}}]},
+     "unknown key(s) ['parameter']"),
     ("missing-notebook", {"notebook": "nope/02_train.ipynb"}, "does not exist"),
-    ("seeds-not-a-list", {"runs": [{"method": "xtc", "seeds": 3}]}, "'runs[0].seeds' must be a non-empty list"),
+    ("seeds-not-a-list", {"runs": [{"method": "xtc", "seeds": 3}]},
+     "'runs[0].seeds' must be a non-empty list"),
 ]
 YAML_CASES = [  # YAML that yields values JSON cannot hold
     ("date-value", "grid:\n  seed: [2024-01-01]\n", "holds a date", "quote it"),
-    ("datetime-value", "runs:\n  - {method: xtc, data_root: 2024-01-01 10:00:00}\n", "holds a datetime", "quote it"),
+    ("datetime-value", "runs:\n  - {method: xtc, data_root: 2024-01-01 10:00:00}\n",
+     "holds a datetime", "quote it"),
     ("set-value", "runs:\n  - {method: xtc, lambda1: !!set {a, b}}\n", "holds a set", "list"),
-    ("binary-value", "runs:\n  - {method: xtc, data_root: !!binary aGVsbG8=}\n", "holds a bytes", "quote it"),
+    ("binary-value", "runs:\n  - {method: xtc, data_root: !!binary aGVsbG8=}\n",
+     "holds a bytes", "quote it"),
     ("nan-value", "runs:\n  - {method: xtc, lambda1: .nan}\n", "is nan", "finite number"),
     ("int-key", "runs:\n  - {method: xtc, overrides: {1: 2}}\n", "has the key 1", "quote it"),
 ]
@@ -296,13 +345,15 @@ YAML_CASES = [  # YAML that yields values JSON cannot hold
 def _existing_reports(tmp_path: Path) -> Path:
     """A reports folder holding a finished run that no bad plan may touch."""
     reports = tmp_path / "reports"
-    results.write(reports / "fx" / "old-run", params={"model.method": "mtl"}, metrics={"test": {"miou": 0.5}})
+    results.write(reports / "fx" / "old-run", params={"model.method": "mtl"},
+                  metrics={"test": {"miou": 0.5}})
     (reports / "fx" / "old-run" / "status.json").write_text('{"status": "ok", "kind": "train"}')
     return reports
 
 
 @pytest.mark.parametrize("case, change, fragment", PLAN_CASES, ids=[c[0] for c in PLAN_CASES])
-def test_bad_plan_is_refused_before_anything_runs(case, change, fragment, tmp_path, capsys, monkeypatch):
+def test_bad_plan_is_refused_before_anything_runs(case, change, fragment, tmp_path, capsys,
+                                                  monkeypatch):
     monkeypatch.chdir(tmp_path)
     plan = yaml.safe_load(_plan(tmp_path).read_text())
     if "grid" in change:
@@ -312,13 +363,14 @@ def test_bad_plan_is_refused_before_anything_runs(case, change, fragment, tmp_pa
     path.write_text(yaml.safe_dump(plan))
     reports = _existing_reports(tmp_path)
     before = _snapshot(tmp_path)
-    monkeypatch.setattr(report, "execute", lambda *a, **k: pytest.fail("a notebook ran"))
+    monkeypatch.setattr(report.runs, "execute", lambda *a, **k: pytest.fail("a notebook ran"))
     assert fragment in _cli_error(path, reports, capsys)
     assert _snapshot(tmp_path) == before and not (tmp_path / "PWNED").exists()
 
 
 @pytest.mark.parametrize("case, text, fragment, fix", YAML_CASES, ids=[c[0] for c in YAML_CASES])
-def test_non_json_yaml_values_are_refused_naming_field_and_fix(case, text, fragment, fix, tmp_path, capsys):
+def test_non_json_yaml_values_are_refused_naming_field_and_fix(case, text, fragment, fix, tmp_path,
+                                                               capsys):
     path = tmp_path / "bad.yaml"
     path.write_text(f"notebook: {TRAIN}\nanalysis: []\n{text}")
     reports = _existing_reports(tmp_path)
@@ -331,21 +383,24 @@ def test_non_json_yaml_values_are_refused_naming_field_and_fix(case, text, fragm
 def test_shipped_plans_pass_the_name_checks():
     for preset in report.list_presets():
         report.load_plan(report.PRESETS_DIR / f"{preset}.yaml")
-    for sweep in (report.ROOT / "configs" / "sweeps").glob("*.yaml"):
+    for sweep in (REPO_ROOT / "configs" / "sweeps").glob("*.yaml"):
         report.load_plan(sweep)
-    assert {"lambda1", "overrides", "out_dir"} <= report.notebook_parameters(report.ROOT / report.TRAIN_NOTEBOOK)
+    assert ({"lambda1", "overrides", "out_dir"}
+            <= report.notebook_parameters(REPO_ROOT / report.TRAIN_NOTEBOOK))
 
 
 def test_a_second_writer_is_refused_naming_the_folder_and_holder(tmp_path, capsys, monkeypatch):
     plan = _plan(tmp_path)
     reports = _existing_reports(tmp_path)
     before = _snapshot(tmp_path)
-    monkeypatch.setattr(report, "execute", lambda *a, **k: pytest.fail("a notebook ran"))
+    monkeypatch.setattr(report.runs, "execute", lambda *a, **k: pytest.fail("a notebook ran"))
     with report.plan_lock((reports / "fx").resolve()):
         err = _cli_error(plan, reports, capsys)
-        assert str((reports / "fx").resolve()) in err and "another sweep" in err and f"pid {os.getpid()}" in err
+        assert (str((reports / "fx").resolve()) in err and "another sweep" in err
+                and f"pid {os.getpid()}" in err)
         # and from another process, through the real command line
-        other = subprocess.run([sys.executable, "-m", "xtc", "sweep", str(plan), "--reports-dir", str(reports)],
+        other = subprocess.run([sys.executable, "-m", "xtc", "sweep", str(plan),
+                                "--reports-dir", str(reports)],
                                capture_output=True, text=True, timeout=120)
         assert other.returncode == 2 and "another sweep" in other.stderr
         assert len(other.stderr.strip().splitlines()) == 1, other.stderr
@@ -360,37 +415,51 @@ BOOK_CASES = [  # (id, file, content, fragment the index shows)
     ("status-invalid", "bad/status.json", "{\"status\": \"ok\"", "is not valid JSON"),
     ("status-list", "bad/status.json", "[\"ok\"]", "holds a JSON array, not an object"),
     ("status-string", "bad/status.json", "\"ok\"", "holds a JSON string, not an object"),
-    ("status-ok-no-results", "bad/status.json", "{\"status\": \"ok\", \"kind\": \"train\"}", "missing although status.json says ok"),
-    ("status-odd-fields", "bad/status.json", "{\"status\": [1], \"notebook\": 3, \"error\": {}}", None),
-    ("results-truncated", "bad/results.json", "{\"metrics\": {\"test\": {\"miou\": 0.", "is not valid JSON"),
+    ("status-ok-no-results", "bad/status.json", "{\"status\": \"ok\", \"kind\": \"train\"}",
+     "missing although status.json says ok"),
+    ("status-odd-fields", "bad/status.json",
+     "{\"status\": [1], \"notebook\": 3, \"error\": {}}", None),
+    ("results-truncated", "bad/results.json", "{\"metrics\": {\"test\": {\"miou\": 0.",
+     "is not valid JSON"),
     ("results-empty", "bad/results.json", "", "is empty"),
     ("results-list", "bad/results.json", "[1, 2]", "holds a JSON array"),
     ("results-string", "bad/results.json", "\"done\"", "holds a JSON string"),
-    ("results-metrics-list", "bad/results.json", "{\"metrics\": [0.5]}", "'metrics' is a JSON array"),
-    ("results-test-list", "bad/results.json", "{\"metrics\": {\"test\": [0.5]}}", "metrics.test is a JSON array"),
-    ("results-no-test", "bad/results.json", "{\"metrics\": {\"val\": {\"miou\": 0.5}}}", "has no metrics.test"),
-    ("results-params-list", "bad/results.json", "{\"params\": [1], \"metrics\": {\"test\": {\"miou\": \"x\"}}, \"protocol\": 3}", None),
+    ("results-metrics-list", "bad/results.json", "{\"metrics\": [0.5]}",
+     "'metrics' is a JSON array"),
+    ("results-test-list", "bad/results.json", "{\"metrics\": {\"test\": [0.5]}}",
+     "metrics.test is a JSON array"),
+    ("results-no-test", "bad/results.json", "{\"metrics\": {\"val\": {\"miou\": 0.5}}}",
+     "has no metrics.test"),
+    ("results-params-list", "bad/results.json",
+     "{\"params\": [1], \"metrics\": {\"test\": {\"miou\": \"x\"}}, "
+     "\"protocol\": 3}", None),
 ]
 
 
-@pytest.mark.parametrize("case, name, content, fragment", BOOK_CASES, ids=[c[0] for c in BOOK_CASES])
-def test_malformed_bookkeeping_is_reported_and_the_rest_rendered(case, name, content, fragment, tmp_path):
+@pytest.mark.parametrize("case, name, content, fragment", BOOK_CASES,
+                         ids=[c[0] for c in BOOK_CASES])
+def test_malformed_bookkeeping_is_reported_and_the_rest_rendered(case, name, content, fragment,
+                                                                 tmp_path):
     reports = tmp_path / "reports"
     good = reports / "fx" / "good"
-    results.write(good, params={"model.method": "mtl", "train.seed": 0}, metrics={"test": {"miou": 0.5}})
+    results.write(good, params={"model.method": "mtl", "train.seed": 0},
+                  metrics={"test": {"miou": 0.5}})
+    sha = report.runs.sha256(good / "results.json")
     (good / "status.json").write_text(json.dumps({"status": "ok", "kind": "train",
-                                                  "results_sha256": report._sha256(good / "results.json")}))
+                                                  "results_sha256": sha}))
     (reports / "fx" / "bad").mkdir()
     if name.startswith("bad/") and name != "bad/status.json":
         (reports / "fx" / "bad" / "status.json").write_text('{"status": "ok", "kind": "train"}')
     (reports / "fx" / name).write_text(content)
     page = report.build_index(reports).read_text()
-    assert "<td>good</td><td>mtl</td><td>-</td><td>0</td><td>0.5000</td>" in page  # the rest still rendered
+    # the rest still rendered
+    assert "<td>good</td><td>mtl</td><td>-</td><td>0</td><td>0.5000</td>" in page
     if fragment:
         assert "<h2>Problems (" in page and fragment in html.unescape(page), page
         assert "<td>bad</td>" in page or name == "plan.json"  # a run never silently disappears
     problems: list = []
     rows = summary.collect(reports / "fx", problems=problems)
-    assert sorted(r["name"] for r in rows) == (["bad"] if case == "results-params-list" else []) + ["good"]
+    assert (sorted(r["name"] for r in rows)
+            == (["bad"] if case == "results-params-list" else []) + ["good"])
     if name.startswith("bad/results"):
         assert fragment is None or [p["path"] for p in problems] == [str(reports / "fx" / name)]

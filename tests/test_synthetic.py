@@ -94,7 +94,8 @@ def test_dataset_items_and_splits():
     assert set(train.indices) | set(val.indices) == set(range(30))
     assert min(test.indices) >= TEST_OFFSET
     np.testing.assert_array_equal(val.indices, build_dataset("synthetic-city", "val", **kw).indices)
-    assert not np.array_equal(val.indices, build_dataset("synthetic-city", "val", seed=1, **kw).indices)
+    assert not np.array_equal(val.indices,
+                              build_dataset("synthetic-city", "val", seed=1, **kw).indices)
     item = val[0]
     assert item["image"].shape == (3, 64, 128) and item["image"].dtype == torch.float32
     assert item["seg_target"].dtype == torch.int64 and item["seg_target"].shape == (64, 128)
@@ -110,7 +111,8 @@ def test_dataset_items_and_splits():
 
 def test_augmentation_depends_on_seed_epoch_index_only():
     kw = dict(height=64, width=128, train_size=20)
-    a, b = build_dataset("synthetic-city", "train", **kw), build_dataset("synthetic-city", "train", **kw)
+    a = build_dataset("synthetic-city", "train", **kw)
+    b = build_dataset("synthetic-city", "train", **kw)
     for i in (3, 1, 2):  # order does not matter
         assert torch.equal(a[i]["image"], b[i]["image"])
     before = [a[i]["image"] for i in range(6)]

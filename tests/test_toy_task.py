@@ -97,7 +97,8 @@ def test_registering_a_task_makes_it_known_everywhere(boundary_task) -> None:
 
 
 def test_unregistered_task_is_refused_with_the_valid_names() -> None:
-    with pytest.raises(config.ConfigError, match=r"model.tasks=.*boundary.*\['depth', 'normal', 'seg'\]"):
+    with pytest.raises(config.ConfigError,
+                       match=r"model.tasks=.*boundary.*\['depth', 'normal', 'seg'\]"):
         config.load(None, ["model.tasks=[seg,boundary]"])
 
 

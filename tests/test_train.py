@@ -115,7 +115,8 @@ def test_gradient_cosine_of_a_term_with_itself_is_one():
     terms = {"seg": (w ** 2).sum(), "seg2depth": 3 * (w ** 2).sum(),
              "depth": w.sum(), "depth2seg": -w.sum()}
     cos = train.gradient_cosines(terms, [w])
-    assert cos["grad_cos_seg"] == pytest.approx(1.0) and cos["grad_cos_depth"] == pytest.approx(-1.0)
+    assert (cos["grad_cos_seg"] == pytest.approx(1.0)
+            and cos["grad_cos_depth"] == pytest.approx(-1.0))
 
 
 def test_detached_transfer_input_keeps_cross_task_gradient_out_of_the_network(tiny_config):
@@ -161,17 +162,28 @@ def test_mid_epoch_checkpoint_resumes_exactly(tiny_config, tmp_path):
     assert resumed.history[0]["train_total"] == pytest.approx(full.history[0]["train_total"])
 
 
-def test_sigterm_saves_and_says_how_to_resume(tiny_config, tmp_path):
+def test_sigterm_saves_and_says_how_to_resume(tiny_config, tmp_path, monkeypatch):
+    """SIGTERM sent from inside training, in the 2nd optimiser step (epoch 1, step 2 of 4):
+    a deterministic point, and no timer that could fire after fit() returned."""
     import os
     import signal
-    import threading
 
-    cfg = tiny_config("train.epochs=50")
-    timer = threading.Timer(3.0, os.kill, (os.getpid(), signal.SIGTERM))
-    timer.start()
+    cfg = tiny_config()  # 2 epochs of 4 steps: a lost signal lets the run finish
+    calls, real_step = [], train.optimizer_step
+
+    def step_then_sigterm(*args, **kwargs):
+        stats = real_step(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # handled (a stop request) before it returns
+        return stats
+
+    monkeypatch.setattr(train, "optimizer_step", step_then_sigterm)
     with pytest.raises(train.TrainingInterrupted, match="SIGTERM received.*--resume") as info:
         train.fit(cfg, out_dir=tmp_path, progress=False)
-    timer.cancel()
+    assert len(calls) == 2  # stopped after the step in which the signal came
+    assert (info.value.epoch, info.value.step, info.value.signal_name) == (0, 2, "SIGTERM")
+    assert info.value.saved and not (tmp_path / "results.json").exists()
     payload = checkpoint.load(tmp_path / "checkpoints" / "last.pt")
     assert (payload["epoch"], payload["step"]) == (info.value.epoch, info.value.step)
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handler restored
@@ -222,7 +234,8 @@ def _host_reads_outside_the_optimizer(profiler) -> int:
             event = event.cpu_parent
         return False
     return sum(1 for e in profiler.events()
-               if e.name in ("aten::_local_scalar_dense", "aten::nonzero") and not under_optimizer(e))
+               if e.name in ("aten::_local_scalar_dense", "aten::nonzero")
+               and not under_optimizer(e))
 
 
 def test_a_training_step_reads_nothing_back_but_its_loss_values(tiny_config):

@@ -76,7 +76,9 @@ def test_parameters_cover_scales_and_flips_and_are_reproducible():
 
 
 def test_item_generator_depends_on_seed_epoch_index():
-    draw = lambda *k: torch.rand(3, generator=item_generator(*k))
+    def draw(*k):
+        return torch.rand(3, generator=item_generator(*k))
+
     assert torch.equal(draw(0, 1, 2), draw(0, 1, 2))
     assert not torch.equal(draw(0, 1, 2), draw(0, 2, 1))
     assert not torch.equal(draw(0, 1, 2), draw(1, 1, 2))
@@ -85,7 +87,8 @@ def test_item_generator_depends_on_seed_epoch_index():
 def test_augment_item_unbatched_shapes():
     item = {k: v[0] for k, v in _batch(b=1).items()}
     out = augment_item(item, seed=0, epoch=0, index=3, depth_units="inverse depth")
-    assert {k: tuple(v.shape) for k, v in out.items()} == {k: tuple(v.shape) for k, v in item.items()}
+    assert ({k: tuple(v.shape) for k, v in out.items()}
+            == {k: tuple(v.shape) for k, v in item.items()})
     again = augment_item(item, seed=0, epoch=0, index=3, depth_units="inverse depth")
     assert all(torch.equal(out[k], again[k]) for k in out)
 

@@ -13,10 +13,10 @@ matplotlib.use("agg")
 from xtc import config, train  # noqa: E402
 from xtc.losses import consistency_loss  # noqa: E402
 from xtc.viz import explorer, plots, source  # noqa: E402
+from tests import conftest  # noqa: E402
 
-TINY = ["data.height=64", "data.width=64", "data.train_size=24", "data.test_size=8",
-        "model.encoder=resnet18", "model.decoder_width=16", "model.transfer_width=8",
-        "train.epochs=1", "train.max_steps_per_epoch=2", "train.device=cpu"]
+TINY = [*conftest.TINY, "data.train_size=24", "data.test_size=8", "train.epochs=1",
+        "train.max_steps_per_epoch=2"]
 
 
 @pytest.fixture(scope="session")
@@ -129,7 +129,7 @@ def test_runs_root_follows_the_environment(monkeypatch, tmp_path):
     import xtc.viz
 
     monkeypatch.setenv("XTC_RUNS_DIR", str(tmp_path))
-    out = xtc.viz.output_dir(None, "01_data")
+    out = xtc.runtime.output_dir(None, "01_data")
     assert out.parent == tmp_path / "01_data" and out.is_dir()
     monkeypatch.delenv("XTC_RUNS_DIR")
-    assert xtc.viz.runs_root() == xtc.viz.repo_path("runs")
+    assert xtc.runtime.runs_root() == xtc.runtime.repo_path("runs")

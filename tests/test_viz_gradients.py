@@ -14,13 +14,15 @@ TERMS = ["seg", "depth", "seg2depth", "depth2seg"]
 def _history(objectives, epochs=3, conflict=0.5):
     history = []
     for e in range(epochs):
-        rec = {"epoch": e, "train_loss_seg": 1.0, "train_gstat_conflict_fraction": conflict - 0.1 * e,
+        rec = {"epoch": e, "train_loss_seg": 1.0,
+               "train_gstat_conflict_fraction": conflict - 0.1 * e,
                "train_gstat_gramian_cond": 10.0 ** (e + 1)}
         for i, a in enumerate(objectives):
             rec[f"train_gstat_norm_{a}"] = 1.0 + i
             rec[f"train_gstat_dircos_{a}"] = 0.5 - 0.2 * i
             for b in objectives[i + 1:]:
-                rec[f"train_gstat_cos_{a}_vs_{b}"] = -0.3 if gp.pair_kind(a, b) == gp.KINDS[2] else 0.2
+                rec[f"train_gstat_cos_{a}_vs_{b}"] = (-0.3 if gp.pair_kind(a, b) == gp.KINDS[2]
+                                                      else 0.2)
         history.append(rec)
     return history
 
@@ -58,7 +60,8 @@ def test_the_figure_has_three_labelled_panels_per_run(rows, tmp_path):
         assert ax.get_legend() is not None
     legend = [t.get_text() for t in fig.axes[4].get_legend().get_texts()]  # terms: pair kinds
     assert any(t.startswith("direct vs its own cross-task term (2 pairs)") for t in legend)
-    assert "seg2depth (cross-task term)" in [t.get_text() for t in fig.axes[5].get_legend().get_texts()]
+    assert ("seg2depth (cross-task term)"
+            in [t.get_text() for t in fig.axes[5].get_legend().get_texts()])
 
 
 def test_a_run_without_statistics_gets_a_row_that_says_so():
@@ -92,11 +95,13 @@ def test_interactive_figure_and_static_fallback(rows, tmp_path, monkeypatch):
 
 def test_find_runs_keeps_runs_with_statistics(tmp_path):
     for name, history, params in (
-            ("a", _history(TERMS), {"loss.aggregator": "upgrad", "loss.objectives": "terms", "train.seed": 0}),
+            ("a", _history(TERMS),
+             {"loss.aggregator": "upgrad", "loss.objectives": "terms", "train.seed": 0}),
             ("b", [{"epoch": 0, "train_loss_seg": 1.0}], {"loss.aggregator": "none"}),
             (".attempts/c", _history(TERMS), {"loss.aggregator": "mgda"})):
         (tmp_path / name).mkdir(parents=True)
-        (tmp_path / name / "results.json").write_text(json.dumps({"params": params, "history": history}))
+        (tmp_path / name / "results.json").write_text(json.dumps({"params": params,
+                                                                  "history": history}))
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "results.json").write_text("{")
     assert gp.find_runs(tmp_path) == {"upgrad, objectives=terms, seed 0": str(tmp_path / "a")}

@@ -13,7 +13,8 @@ import torch
 
 matplotlib.use("agg")
 
-from xtc import alignment, config, landscape, train  # noqa: E402
+from xtc import config, train  # noqa: E402
+from xtc.analysis import alignment, landscape
 from xtc.viz import alignment_plots, explorer, landscape_plots, plots  # noqa: E402
 
 TASKS3 = ["seg", "depth", "normal"]
@@ -211,7 +212,8 @@ def test_normals_derived_from_depth_agree_with_the_shipped_ones(size):
 def test_two_task_names_are_unchanged():
     assert explorer.units("depth_energy", "metres") == "|seg2depth - depth| (metres)"
     assert explorer.units("seg_err", "metres") == "wrong (1) / right (0)"
-    assert explorer.error_panel("depth") == "abs_err" and explorer.error_panel("normal") == "normal_err"
+    assert (explorer.error_panel("depth") == "abs_err"
+            and explorer.error_panel("normal") == "normal_err")
     assert landscape_plots.term_order(["total", "depth2seg", "seg2depth", "depth", "seg"]) == \
         list(landscape_plots.TERM_ORDER)
     rows = alignment.alignment_curves({"a": [{"epoch": 0, "train_grad_cos_seg": 0.1}]})

@@ -37,7 +37,8 @@ def test_the_parameters_cell_has_solutions_and_out_dir_and_papermill_reads_it(pa
     assert re.search(r"^out_dir = None\b", cell.source, re.M)
     lines = [line for line in cell.source.splitlines() if line.strip()]
     assert all("  # " in line for line in lines), "every parameter has a comment"
-    # papermill drops a line it cannot parse (e.g. an "=" in the comment) from -p and --help-notebook
+    # papermill drops a line it cannot parse (e.g. an "=" in the comment) from -p and
+    # --help-notebook
     parsed = [p.name for p in PythonTranslator.inspect(cell)]
     assert parsed == [line.split("=")[0].strip() for line in lines]
 
@@ -59,8 +60,9 @@ def test_each_exercise_has_a_marked_blank_and_a_hidden_solution(path):
     assert 1 <= len(exercises) <= 3
     for i in exercises:
         answer = next(c for c in cells[i + 1:] if c.cell_type == "code")
-        assert re.search(r"^\w+(, \w+)* = None(, None)*  # TODO", answer.source, re.M), \
-            f"{path.stem}: the code cell after exercise {cells[i].source.splitlines()[0]!r} has no blank"
+        assert re.search(r"^\w+(, \w+)* = None(, None)*  # TODO", answer.source, re.M), (
+            f"{path.stem}: the code cell after exercise {cells[i].source.splitlines()[0]!r} "
+            f"has no blank")
         assert "if solutions:" in answer.source
         assert "not answered yet" in answer.source  # and goes on without an answer
 
@@ -78,7 +80,8 @@ def test_the_instructors_guide_lists_every_notebook_with_a_timing():
     for path in WORKSHOP:
         row = next((line for line in guide.splitlines()
                     if line.startswith("|") and f"workshop/{path.stem}" in line), "")
-        assert re.search(r"\d+ s", row), f"{path.stem}: no schedule row with a timing in docs/workshop.md"
+        assert re.search(r"\d+ s", row), (
+            f"{path.stem}: no schedule row with a timing in docs/workshop.md")
     assert "OMP_NUM_THREADS=1" in guide  # the timing command is recorded
 
 
@@ -105,7 +108,8 @@ def test_each_notebook_runs_with_the_solutions_filled_in(path, tmp_path, tiny_ru
     import papermill
     from papermill.translators import PythonTranslator
 
-    names = {p.name for p in PythonTranslator.inspect(_parameters(nbformat.read(path, as_version=4)))}
+    cell = _parameters(nbformat.read(path, as_version=4))
+    names = {p.name for p in PythonTranslator.inspect(cell)}
     wanted = {"run_dir": str(tiny_run), "solutions": True, "out_dir": str(tmp_path / "out"),
               "train_steps": 2}  # notebook 2 trains its own runs: 2 steps each
     out = tmp_path / path.name

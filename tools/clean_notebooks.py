@@ -3,7 +3,7 @@
 Usage: ``python tools/clean_notebooks.py [NOTEBOOK ...]`` (default: ``notebooks/*.ipynb``).
 Clears outputs and execution counts, drops per-cell metadata except ``tags`` (papermill's
 ``parameters`` tag must survive), gives cells stable ids and sets the notebook kernelspec
-to python3, so git holds only what a human wrote (style.md, rule 11).
+to python3, so git holds only what a human wrote (tests/notebooks/test_clean.py).
 """
 
 from __future__ import annotations

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
-import threading
 import zipfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
+
+from xtc.errors import CheckpointError, ConfigError  # CheckpointError: re-exported
+from xtc.files import atomic_write  # noqa: F401  (re-exported: checkpoint.atomic_write)
 
 SCHEMA = 5  # checkpoints without a "schema" entry were written before the stamp: schema 1
 
@@ -73,59 +74,7 @@ ADDED_KEYS: dict[str, tuple[int, Any]] = {
 }
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used; the message names the file and the fix."""
-
-
 # --------------------------------------------------------------------------- writing
-
-
-_UMASK_LOCK = threading.Lock()
-
-
-def _umask() -> int:
-    """The process umask. Linux shows it in /proc without changing it; elsewhere it is read
-    by setting and restoring it (under a lock, with 077 meanwhile: the safe side)."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    with _UMASK_LOCK:
-        old = os.umask(0o077)
-        os.umask(old)
-    return old
-
-
-def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
-    """Call ``write(tmp_path)`` then rename onto ``path``: readers never see half a file.
-
-    A failure before the rename leaves the previous version of ``path`` intact. The file
-    gets the mode a plain ``open()`` would (``0o666`` less the umask), not mkstemp's 0600,
-    so collaborators can read results. An OSError about the temporary file (disk full) is
-    raised naming ``path``, the file the user asked for.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o666 & ~_umask())
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if exc.errno is not None and (exc.filename is None or str(exc.filename) == tmp):
-            raise OSError(exc.errno, exc.strerror or os.strerror(exc.errno), str(path)) from exc
-        raise
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def save(payload: dict[str, Any], path: str | Path) -> Path:
@@ -195,8 +144,8 @@ def max_bytes_allowed(max_bytes: int | None = None) -> int:
     except ValueError:
         value = 0
     if value <= 0:
-        raise ValueError(f"{MAX_BYTES_ENV}={raw!r} must be a positive number of bytes, "
-                         f"e.g. {MAX_BYTES_ENV}=17179869184 for 16 GiB; unset it for 8 GiB")
+        raise ConfigError(f"{MAX_BYTES_ENV}={raw!r} must be a positive number of bytes, "
+                          f"e.g. {MAX_BYTES_ENV}=17179869184 for 16 GiB; unset it for 8 GiB")
     return value
 
 

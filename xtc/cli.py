@@ -1,8 +1,10 @@
 """Command line: ``xtc train | evaluate | prepare | report | sweep | app`` (also ``python -m xtc``).
 
-Errors a user can cause (bad config, missing data, bad checkpoint, a full disk, a folder
-that cannot be written) print one line ``xtc: error: ...`` and exit with code 2, without a
-traceback.
+Errors a user can cause print one line ``xtc: error: ...`` and exit with code 2, without a
+traceback: an :class:`xtc.errors.XtcError` (bad config, missing data, bad checkpoint, a
+missing optional tool, ...) and an OSError whose errno is in :data:`USER_OS_ERRORS` (a full
+disk, a folder that cannot be written). Any other exception is a bug and shows its
+traceback; Ctrl-C exits with code 130. Bad arguments are argparse's: exit 2 too.
 """
 
 from __future__ import annotations
@@ -14,8 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-USAGE_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError,
-                                                 FileExistsError, KeyError, NotADirectoryError)
+from xtc.errors import ConfigError, XtcError
 
 # OS errors a user causes (where they write, how long a path is, a full disk) and their fix;
 # any other OSError is a bug or a machine fault and keeps its traceback.
@@ -41,9 +42,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.func(args)
-    except (*USAGE_ERRORS, OSError) as exc:
+    except (XtcError, OSError) as exc:
         message = _user_message(exc)
-        if message is None:
+        if message is None:  # an OSError that is not the user's: a bug or a machine fault
             raise
         print(f"xtc: error: {message}", file=sys.stderr)
         return 2
@@ -53,17 +54,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _user_message(exc: BaseException) -> str | None:
-    """One line for an error the user can fix, or None to let it propagate (a bug)."""
-    if isinstance(exc, OSError) and exc.errno is not None:
+    """The one line ``main`` prints for ``exc``, or None for an OSError that is not the
+    user's (its errno is not in USER_OS_ERRORS): ``main`` lets that propagate. ``main``
+    calls this only for an XtcError or an OSError; every other exception is a bug."""
+    if isinstance(exc, XtcError):  # MissingFileError too: its message says which and the fix
+        return _one_line(str(exc) or type(exc).__name__)
+    if isinstance(exc, OSError):
         if exc.errno not in USER_OS_ERRORS:
-            return None if not isinstance(exc, USAGE_ERRORS) else _one_line(str(exc))
+            return None
         where = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
         reason = exc.strerror or os.strerror(exc.errno)
         return _one_line(f"{where + ': ' if where else ''}{reason} "
                          f"({errno.errorcode.get(exc.errno, exc.errno)}); "
                          f"{USER_OS_ERRORS[exc.errno]}")
-    if isinstance(exc, OSError) and not isinstance(exc, USAGE_ERRORS):
-        return None
     if type(exc) is KeyError:  # a bare lookup: str() would print just the quoted key
         return f"missing entry {exc.args[0]!r} (KeyError)" if exc.args else "KeyError"
     return _one_line(str(exc) or type(exc).__name__)
@@ -75,8 +78,11 @@ def _one_line(text: str) -> str:
 
 def _train(args) -> int:
     from xtc import config, train
+    from xtc.config import SHORTCUTS
 
-    cfg = config.load(args.config, args.set or [])
+    given = [f"{SHORTCUTS[name].key}={getattr(args, f'shortcut_{name}')}" for name in SHORTCUTS
+             if getattr(args, f"shortcut_{name}", None) is not None]
+    cfg = config.load(args.config, [*(args.set or []), *given])
     resume = {None: False, "strict": True, "auto": "auto"}[args.resume]
     run = train.fit(cfg, out_dir=args.out, resume=resume, progress=not args.quiet)
     summary = {"out_dir": str(args.out), "best_epoch": run.best_epoch + 1,
@@ -168,14 +174,14 @@ def _prepare(args) -> int:
         from xtc.data.prepare_nyuv2 import prepare_nyuv2
 
         if not args.raw:
-            raise ValueError("xtc prepare nyuv2 needs --raw FILE: nyu_depth_v2_labeled.mat from "
-                             "the NYU Depth V2 page (see docs/nyuv2.md)")
+            raise ConfigError("xtc prepare nyuv2 needs --raw FILE: nyu_depth_v2_labeled.mat from "
+                              "the NYU Depth V2 page (see docs/nyuv2.md)")
         path = prepare_nyuv2(args.raw, args.out, args.splits, normals=args.normals,
                              size=_size(args.size) if args.size else (288, 384))
     else:
         if not args.raw:
-            raise ValueError("xtc prepare cityscapes needs --raw DIR (the folder holding "
-                             "leftImg8bit/, gtFine/ and disparity/)")
+            raise ConfigError("xtc prepare cityscapes needs --raw DIR (the folder holding "
+                              "leftImg8bit/, gtFine/ and disparity/)")
         path = prepare.prepare_cityscapes(args.raw, args.out, classes=args.classes,
                                           size=_size(args.size or "128x256"))
     print(f"wrote {path}")
@@ -183,18 +189,18 @@ def _prepare(args) -> int:
 
 
 def _report(args) -> int:
-    from xtc import report
+    from xtc import reports
 
-    records = report.run_preset(args.preset, reports_dir=args.reports_dir, workers=args.workers,
-                                executor=_executor_options(args))
+    records = reports.run_preset(args.preset, reports_dir=args.reports_dir, workers=args.workers,
+                                 executor=_executor_options(args))
     return _print_records(records, args.reports_dir)
 
 
 def _sweep(args) -> int:
-    from xtc import report
+    from xtc import reports
 
-    records = report.run_sweep(args.file, workers=args.workers, reports_dir=args.reports_dir,
-                               executor=_executor_options(args))
+    records = reports.run_sweep(args.file, workers=args.workers, reports_dir=args.reports_dir,
+                                executor=_executor_options(args))
     return _print_records(records, args.reports_dir)
 
 
@@ -208,14 +214,15 @@ def _app(args) -> int:
 def _print_records(records: list, reports_dir: Path) -> int:
     """One line per notebook; exit 1 when any run failed (its notebook is linked)."""
     for r in records:
-        print(f"{r['status']:8s} {r['name']}" + (f"  {r['error']} -> {r['notebook']}" if r["error"] else ""))
+        failed = f"  {r['error']} -> {r['notebook']}" if r["error"] else ""
+        print(f"{r['status']:8s} {r['name']}{failed}")
     print(f"index: {Path(reports_dir) / 'index.html'}")
     return 1 if any(r["status"] == "failed" for r in records) else 0
 
 
 def _add_executor_options(parser: argparse.ArgumentParser) -> None:
     """--executor local|slurm and the Slurm job options (each overrides the plan's
-    ``executor:`` mapping; see xtc.executors)."""
+    ``executor:`` mapping; see xtc.reports.executors)."""
     group = parser.add_argument_group("executor", "where the training runs execute (default: "
                                       "the plan's 'executor:' key, else local)")
     group.add_argument("--executor", choices=["local", "slurm"], default=None,
@@ -247,11 +254,13 @@ def _size(text: str) -> tuple[int, int]:
     try:
         height, width = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise ValueError(f"--size {text!r} must look like HEIGHTxWIDTH, e.g. 128x256") from None
+        raise ConfigError(f"--size {text!r} must look like HEIGHTxWIDTH, e.g. 128x256") from None
     return height, width
 
 
 def _parser() -> argparse.ArgumentParser:
+    from xtc.config import SHORTCUTS
+
     parser = argparse.ArgumentParser(prog="xtc", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command")
 
@@ -265,6 +274,12 @@ def _parser() -> argparse.ArgumentParser:
                        "exist); --resume auto: continue it when there is one, else start fresh "
                        "(what a requeued cluster job does)")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
+    shortcuts = train.add_argument_group(
+        "shortcuts", "one config key each, applied after --set (the 02_train notebook's "
+        "parameters); values are YAML, e.g. --tasks '[seg, depth, normal]'")
+    for name, shortcut in SHORTCUTS.items():
+        shortcuts.add_argument(f"--{name.replace('_', '-')}", dest=f"shortcut_{name}",
+                               metavar="VALUE", help=f"{shortcut.key}: {shortcut.help}")
     train.set_defaults(func=_train)
 
     evaluate = sub.add_parser("evaluate", help="evaluate a checkpoint on a split")

@@ -14,6 +14,7 @@ Examples:
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import warnings
 import re
@@ -25,15 +26,13 @@ from typing import Any, Optional, Union
 
 import yaml
 
+from xtc.errors import ConfigError  # noqa: F401  (re-exported: xtc.config.ConfigError)
 from xtc.tasks import DEFAULT_LAMBDA
 from xtc.selection import PROTOCOLS, select_names
 
 PRECISIONS = ("fp32", "bf16", "auto")
-KEEP_CHECKPOINTS = ("weights", "resumable", "best")  # train.keep_checkpoints (xtc.train.finish_checkpoints)
-
-
-class ConfigError(ValueError):
-    """A config value a user wrote is wrong; the message names the field and the fix."""
+# train.keep_checkpoints (xtc.train.finish_checkpoints)
+KEEP_CHECKPOINTS = ("weights", "resumable", "best")
 
 
 @dataclass
@@ -48,7 +47,8 @@ class DataConfig:
     val_fraction: float = 0.1  # share of the train pool carved out for model selection
     augment: bool = True  # scale-crop (1.0/1.2/1.5) + horizontal flip on the train split
     num_workers: int = 0  # DataLoader worker processes
-    resident: bool = False  # hold each split on the training device, batch + augment there (no DataLoader)
+    # hold each split on the training device, batch + augment there (no DataLoader)
+    resident: bool = False
     seed: int = 0  # synthetic-city scene stream: which city (fixed across train.seed, so
                    # every seed is tested on the same images); unused by the real datasets
     split_seed: Optional[int] = None  # val split + augmentation stream; None: train.seed
@@ -82,7 +82,8 @@ class LossConfig:
     gradnorm_alpha: float = 0.16  # GradNorm asymmetry (authors' value)
     dwa_temperature: float = 2.0  # DWA softmax temperature (Liu et al. 2019)
     depth_loss: str = "l1"  # direct depth loss: l1 | mse | logl1 | smoothl1
-    seg2depth_loss: str = "l1"  # loss of every transfer into depth: l1 | ssim | mse | logl1 | smoothl1
+    # loss of every transfer into depth: l1 | ssim | mse | logl1 | smoothl1
+    seg2depth_loss: str = "l1"
     depth2seg_loss: str = "ce"  # loss of every transfer into segmentation: ce | kl
     normal_loss: str = "cosine"  # normals, direct and transferred: cosine (1 - cos, MTAN) | l1
     label_smoothing: float = 0.0  # on the transferred segmentation loss only
@@ -121,16 +122,18 @@ class TrainConfig:
     sync_batchnorm: bool = True  # with torchrun: BatchNorm statistics over the global batch
     protocol: str = "xtc"  # xtc (select on val, test once) | mtan (no selection, mean of the
                            # last 10 epochs' test metrics) | paper (selected on test); xtc.selection
-    select: str = "delta_m"  # xtc protocol: delta_m (task-weighted, vs first val) | val_loss | miou | ...
+    # xtc protocol: delta_m (task-weighted, vs first val) | val_loss | miou | ...
+    select: str = "delta_m"
     max_steps_per_epoch: Optional[int] = None  # cap for smoke runs; None = full epoch
     eval_batch_size: Optional[int] = None  # None = batch_size
     nonfinite: str = "stop"  # a NaN/inf loss term: stop (naming step and term) | skip the batch
     max_skipped_fraction: float = 0.1  # nonfinite=skip: stop once more of an epoch's steps are
                                        # skipped (one per epoch is always allowed)
     checkpoint_every: int = 0  # also save last.pt every N steps (0: at epoch ends only)
-    keep_checkpoints: str = "weights"  # what a finished run keeps: weights (best.pt, and last.pt
-                                       # without optimizer state: 1/3 the size) | resumable (last.pt
-                                       # with it: --resume can train the run longer) | best (best.pt only)
+    # what a finished run keeps: weights (best.pt, and last.pt without optimizer state: 1/3
+    # the size) | resumable (last.pt with it: --resume can train the run longer) | best
+    # (best.pt only)
+    keep_checkpoints: str = "weights"
     grad_cosine_every: int = 0  # log cos(grad direct, grad cross-task) on the encoder every N steps
     grad_stats_every: int = 0  # log the objectives' gradient statistics on the encoder every N
                                # steps (norms, cosines, conflicts, Gramian condition; gstat_*)
@@ -209,8 +212,8 @@ def load(path: Union[str, Path, dict, None] = None, overrides: Union[list, dict,
     """Build a :class:`Config` from defaults, a YAML file (or dict), then overrides.
 
     ``overrides`` is a list of ``"section.key=value"`` strings (values parsed as YAML) or a
-    dict ``{"section.key": value}``. ``shortcuts`` set single keys by their field name when
-    it is unique (``method="mtl"``, ``epochs=2``), as notebooks do.
+    dict ``{"section.key": value}``. ``shortcuts`` are the names of :data:`SHORTCUTS`
+    (``method="mtl"``, ``epochs=2``), as notebooks pass them; they are applied last.
     """
     cfg = Config()
     if isinstance(path, dict):
@@ -233,8 +236,8 @@ def load(path: Union[str, Path, dict, None] = None, overrides: Union[list, dict,
         _apply_tree(cfg, tree, source=str(path))
     for key, value in _normalise_overrides(overrides).items():
         set_value(cfg, key, value, source="override")
-    for name, value in shortcuts.items():
-        set_value(cfg, _shortcut_key(name), value, source="argument")
+    for key, value in shortcut_overrides(shortcuts).items():
+        set_value(cfg, key, value, source="argument")
     validate(cfg)
     return cfg
 
@@ -365,7 +368,8 @@ def _validate_tasks(cfg: Config) -> tuple[str, ...]:
             source = target = None
         if source not in tasks or target not in tasks or source == target:
             raise ConfigError(f"model.transfers: {name!r} is not an edge <a>2<b> between two "
-                              f"of model.tasks={tasks}; e.g. {[f'{a}2{b}' for a in tasks[:1] for b in tasks[1:2]]}")
+                              f"of model.tasks={tasks}; e.g. "
+                              f"{[f'{a}2{b}' for a in tasks[:1] for b in tasks[1:2]]}")
     if cfg.model.transfers is not None:
         if len(set(cfg.model.transfers)) != len(cfg.model.transfers):
             raise ConfigError(f"model.transfers={cfg.model.transfers} lists an edge twice")
@@ -510,16 +514,62 @@ def _expanded_size(node, memo: dict) -> int:
     return memo[key]
 
 
+@dataclasses.dataclass(frozen=True)
+class Shortcut:
+    """A parameter name that stands for one config key: the names 02_train takes, the CLI's
+    ``xtc train`` flags, a plan's run parameters, the summary's row fields."""
+
+    key: str  # section.key it sets
+    help: str
+    label: str = ""  # run-name prefix when a sweep varies it ("": the key's last part)
+    keep_if_none: bool = False  # None keeps the config's value instead of setting None
+
+
+SHORTCUTS: dict[str, Shortcut] = {
+    "method": Shortcut("model.method", "stl-<task> | mtl | xtc"),
+    "tasks": Shortcut("model.tasks", "the tasks, e.g. [seg, depth, normal]; None: the config's",
+                      keep_if_none=True),
+    "dataset": Shortcut("data.name", "synthetic-city | cityscapes | nyuv2"),
+    "data_root": Shortcut("data.root", "MTAN-layout folder; None: the config's",
+                          keep_if_none=True),
+    "epochs": Shortcut("train.epochs", "training epochs"),
+    "seed": Shortcut("train.seed", "training seed", label="s"),
+    "cross_task": Shortcut("loss.cross_task", "consistency | alignment | both"),
+    "lambda1": Shortcut("loss.lambda1", "seg's cross-task share", label="l1"),
+    "lambda2": Shortcut("loss.lambda2", "depth's cross-task share", label="l2"),
+    "weighting": Shortcut("loss.weighting", "task weighting (xtc.losses.weighting.WEIGHTINGS)"),
+    "aggregator": Shortcut("loss.aggregator",
+                           "none | a gradient aggregator (xtc.losses.aggregation.AGGREGATORS)"),
+    "objectives": Shortcut("loss.objectives", "the aggregator's objectives: tasks | terms"),
+    "max_steps_per_epoch": Shortcut("train.max_steps_per_epoch",
+                                    "cap on optimiser steps per epoch; None: full epochs"),
+    "device": Shortcut("train.device", "auto | cpu | cuda | cuda:N"),
+}
+
+
+def shortcut_overrides(values: dict[str, Any]) -> dict[str, Any]:
+    """``{shortcut: value}`` -> ``{section.key: value}``; a None for a ``keep_if_none``
+    shortcut is dropped (the config keeps its value).
+
+    >>> shortcut_overrides({"method": "mtl", "seed": 1, "tasks": None})
+    {'model.method': 'mtl', 'train.seed': 1}
+    """
+    return {_shortcut_key(name): value for name, value in values.items()
+            if not (value is None and SHORTCUTS[_known_shortcut(name)].keep_if_none)}
+
+
+def _known_shortcut(name: str) -> str:
+    if name not in SHORTCUTS:
+        close = difflib.get_close_matches(name, list(SHORTCUTS), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ConfigError(f"'{name}' is not a shortcut; {hint}shortcuts: {', '.join(SHORTCUTS)}"
+                          f"; any other key goes in the overrides as section.key")
+    return name
+
+
 def _shortcut_key(name: str) -> str:
-    """A bare field name as notebooks pass it; a name in several sections (``seed``) means
-    the first of train, model, loss, optim, data."""
-    if "." in name:
-        return name
-    for section in ("train", "model", "loss", "optim", "data"):
-        if name in {f.name for f in dataclasses.fields(_section_types()[section])}:
-            return f"{section}.{name}"
-    raise ConfigError(f"'{name}' is not a config field; write it as section.key "
-                      f"(see xtc/config.py for the fields)")
+    """The config key of a shortcut (a dotted key passes through)."""
+    return name if "." in name else SHORTCUTS[_known_shortcut(name)].key
 
 
 def _section_types() -> dict:

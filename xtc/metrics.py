@@ -5,7 +5,7 @@ Each task's own metrics live in its module (:mod:`xtc.tasks.seg`: confusion matr
 re-exported here. Every meter keeps its state in tensors and exposes ``state()``,
 ``load_state()`` and ``merge()``, so a distributed run can all-reduce ``state()`` and load it
 back. All metrics are split-level: sums over every valid pixel of the split, never means of
-per-batch means (unlike the paper's code, paper-spec §7 and §11 items 15-17).
+per-batch means (unlike the paper's code, docs/method.md §7 and §11 items 15-17).
 
 Directions and tasks of metric names come from the task registry (:data:`HIGHER_IS_BETTER`
 and :data:`METRIC_TASK` are live views of it), so a task added later is known here too.
@@ -80,7 +80,7 @@ def edge_energy_maps(predictions: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 def consistency_energy_maps(predictions: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Per-pixel consistency energy of each task that receives transfers (paper-spec §4.3):
+    """Per-pixel consistency energy of each task that receives transfers (docs/method.md §4.3):
     ``<task>`` (B,H,W) is the mean over its incoming edges of :func:`edge_energy_maps`.
 
     Two tasks: ``seg`` is KL(softmax(seg) || softmax(depth2seg)) summed over the K classes
@@ -107,7 +107,8 @@ DELTA_M_CONVENTION = (
     "metrics (5 for surface normals) does not outweigh the others.")
 
 def higher_is_better(metric: str) -> bool:
-    """Direction of any logged metric name (``val_``/``test_`` prefixes allowed), for model selection.
+    """Direction of any logged metric name (``val_``/``test_`` prefixes allowed), for model
+    selection.
 
     Known: :data:`HIGHER_IS_BETTER`, ``miou_legacy`` and ``seg_agreement`` (higher); losses
     (``*loss*``) and energies (``*energy``) (lower). Anything else is an error.
@@ -133,7 +134,8 @@ def _relative_changes(results: dict[str, float], baselines: dict[str, float],
                          f"and baselines {sorted(baselines)}")
     unknown = [k for k in common if k not in direction]
     if unknown:
-        raise ValueError(f"{caller}: unknown direction for {unknown}; pass higher_is_better={{name: True/False}}")
+        raise ValueError(f"{caller}: unknown direction for {unknown}; "
+                         f"pass higher_is_better={{name: True/False}}")
     out = {}
     for k in common:
         base = float(baselines[k])
@@ -152,7 +154,8 @@ def delta_m(results: dict[str, float], baselines: dict[str, float],
     (:data:`DELTA_M_CONVENTION`). ``higher_is_better`` extends/overrides :data:`HIGHER_IS_BETTER`.
 
     Example:
-        >>> round(delta_m({"miou": 0.55, "abs_err": 0.9}, {"miou": 0.5, "abs_err": 1.0}), 6)  # both 10% better
+        >>> # both 10% better
+        >>> round(delta_m({"miou": 0.55, "abs_err": 0.9}, {"miou": 0.5, "abs_err": 1.0}), 6)
         -10.0
     """
     changes = _relative_changes(results, baselines, higher_is_better, "delta_m")
@@ -169,15 +172,17 @@ def delta_m_task(results: dict[str, float], baselines: dict[str, float],
     ``metric_task`` extends/overrides :data:`METRIC_TASK` (metric -> task name).
 
     Example:
+        >>> # seg -10%, depth 0%
         >>> round(delta_m_task({"miou": 0.55, "abs_err": 1.0, "rel_err": 1.0},
-        ...                    {"miou": 0.5, "abs_err": 1.0, "rel_err": 1.0}), 6)  # seg -10%, depth 0%
+        ...                    {"miou": 0.5, "abs_err": 1.0, "rel_err": 1.0}), 6)
         -5.0
     """
     changes = _relative_changes(results, baselines, higher_is_better, "delta_m_task")
     tasks = {**METRIC_TASK, **(metric_task or {})}
     unknown = [k for k in changes if k not in tasks]
     if unknown:
-        raise ValueError(f"delta_m_task: no task known for {unknown}; pass metric_task={{name: task}}")
+        raise ValueError(f"delta_m_task: no task known for {unknown}; "
+                         f"pass metric_task={{name: task}}")
     per_task: dict[str, list[float]] = {}
     for k, v in changes.items():
         per_task.setdefault(tasks[k], []).append(v)
@@ -187,7 +192,7 @@ def delta_m_task(results: dict[str, float], baselines: dict[str, float],
 
 # ----------------------------------------------------------------------------- meters
 class ConsistencyMeter(Meter):
-    """Split-level consistency energy (paper-spec §4.3, with the authors' quirks fixed).
+    """Split-level consistency energy (docs/method.md §4.3, with the authors' quirks fixed).
 
     ``<b>_energy``: for each task b that receives transfers, the mean per-pixel energy of its
     incoming edges (``Task.energy_map``) over b's valid pixels; ``energy``: the mean over

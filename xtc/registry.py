@@ -15,14 +15,9 @@ from __future__ import annotations
 
 from typing import Callable, Iterator, TypeVar
 
+from xtc.errors import UnknownNameError  # noqa: F401  (re-exported)
+
 T = TypeVar("T", bound=Callable)
-
-
-class UnknownNameError(KeyError):
-    """A name that no builder is registered under; the message lists the valid ones."""
-
-    def __str__(self) -> str:  # KeyError quotes its message; show it plainly
-        return str(self.args[0])
 
 
 class Registry:

@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from xtc.checkpoint import atomic_write
+from xtc.files import atomic_write
+from xtc.errors import MissingFileError, OutputExistsError
 
 FILENAME = "results.json"
 SCHEMA_VERSION = 1
@@ -44,8 +45,8 @@ def read(path: str | Path) -> dict:
     if path.is_dir():
         path = path / FILENAME
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; run `xtc train --out DIR` or the "
-                                f"02_train notebook to produce it")
+        raise MissingFileError(f"{path} does not exist; run `xtc train --out DIR` or the "
+                               f"02_train notebook to produce it")
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
@@ -90,8 +91,8 @@ def check_evaluation_target(out_dir: str | Path, checkpoint: str | Path, split: 
     out_dir = Path(out_dir)
     other = (out_dir / f"eval-{split}" if out_dir.name != f"eval-{split}"
              else out_dir.with_name(f"{out_dir.name}-2"))
-    raise FileExistsError(f"{path} already holds {what}; xtc evaluate will not overwrite it: "
-                          f"pass another --out folder, e.g. --out {other}")
+    raise OutputExistsError(f"{path} already holds {what}; xtc evaluate will not overwrite it: "
+                            f"pass another --out folder, e.g. --out {other}")
 
 
 def _strict(value: Any) -> Any:

@@ -1,4 +1,5 @@
-"""Device choice, seeding and provenance: the facts a run needs to be repeatable."""
+"""Device choice, seeding, provenance and the repository's folders: the facts a run needs to be
+repeatable, and where it reads and writes."""
 
 from __future__ import annotations
 
@@ -17,6 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from xtc.errors import ConfigError
+
+# the repository: configs/, notebooks/, runs/ (notebooks resolve files through it, not the cwd)
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RUNS_DIR_ENV = "XTC_RUNS_DIR"
 _PACKAGES = ("torch", "torchvision", "timm", "kornia", "numpy", "papermill", "nbval")
 
 
@@ -26,8 +32,8 @@ def choose_device(name: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"train.device={name!r} but this machine has no CUDA device; "
-                         f"use train.device=auto or cpu")
+        raise ConfigError(f"train.device={name!r} but this machine has no CUDA device; "
+                          f"use train.device=auto or cpu")
     return device
 
 
@@ -119,3 +125,40 @@ def provenance(device: torch.device | None = None) -> dict:
     if os.environ.get("SLURM_JOB_ID"):
         info["slurm_job_id"] = os.environ["SLURM_JOB_ID"]
     return info
+
+
+# --------------------------------------------------------------------------- folders
+def repo_path(*parts: str) -> Path:
+    """Absolute path of ``parts`` inside the xtc repository (``configs/``, ``runs/``, ...).
+
+    Notebooks run from ``notebooks/`` (nbval, JupyterLab) or anywhere (papermill), so they
+    resolve repository files through the package location instead of the working directory.
+    An absolute path in ``parts`` is returned unchanged.
+    """
+    return (REPO_ROOT.joinpath(*parts) if parts else REPO_ROOT).resolve()
+
+
+def runs_root() -> Path:
+    """Where notebooks write their runs and look for earlier ones by default: the
+    ``XTC_RUNS_DIR`` environment variable if set (the test suite points it at a temporary
+    folder), else the repository's git-ignored ``runs/``."""
+    return Path(os.environ[RUNS_DIR_ENV]) if os.environ.get(RUNS_DIR_ENV) else repo_path("runs")
+
+
+def output_dir(out_dir: str | Path | None = None, name: str = "notebook") -> Path:
+    """Folder a notebook writes into, created if needed.
+
+    ``None`` (the notebooks' default) means a fresh ``<runs_root()>/<name>/<timestamp>``
+    folder, so re-running a notebook never collides with an earlier run; a given path is used
+    as is (relative to the working directory).
+    """
+    import time
+
+    if out_dir is None:
+        stamp, parent = time.strftime("%Y%m%d-%H%M%S"), runs_root() / name
+        out_dir, suffix = parent / stamp, 1
+        while out_dir.exists():  # two runs in the same second
+            out_dir, suffix = parent / f"{stamp}-{suffix}", suffix + 1
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return out_dir

@@ -29,6 +29,8 @@ import math
 import warnings
 from typing import Iterable, Optional
 
+from xtc.errors import ConfigError
+
 PROTOCOLS = ("xtc", "mtan", "paper")
 MTAN_LAST_EPOCHS = 10
 
@@ -80,8 +82,8 @@ def score(select: str, val: dict, first_val: Optional[dict], tasks: Iterable[str
         return _task_weighted_change(val, first_val, tasks)
     key = "direct_loss" if select == "val_loss" else select
     if key not in val:
-        raise KeyError(f"train.select={select!r}: the val metrics have no {key!r}; choose one "
-                       f"of {sorted(k for k, v in val.items() if isinstance(v, float))}")
+        raise ConfigError(f"train.select={select!r}: the val metrics have no {key!r}; choose one "
+                          f"of {sorted(k for k, v in val.items() if isinstance(v, float))}")
     return float(val[key])
 
 

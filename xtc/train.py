@@ -29,6 +29,8 @@ from torch.utils.data import DataLoader
 
 from xtc import checkpoint, distributed, results, runtime, selection
 from xtc.config import Config, flatten
+from xtc.errors import (CheckpointError, ConfigError, DatasetError, MissingFileError,
+                        OutputExistsError, TrainingError)  # TrainingError: re-exported
 from xtc.data import build_dataset_from_config
 from xtc.data import num_classes as dataset_classes
 from xtc.data.resident import ResidentSplit
@@ -37,11 +39,6 @@ from xtc.losses.aggregation import gradient_statistics, objective_jacobian
 from xtc.metrics import ConsistencyMeter
 from xtc.models import build_model_from_config
 from xtc.tasks import TASKS, is_edge, split_edge
-
-
-class TrainingError(RuntimeError, ValueError):
-    """Training cannot go on (e.g. a non-finite loss); the message names step and term.
-    A ValueError too, so the CLI prints it as one line (exit 2) like other user errors."""
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -223,8 +220,8 @@ def load_run(path: str | Path, device: Any = None, overrides: list | dict | None
         candidates = [folder / checkpoint_name, folder / "last.pt"]
         path = next((c for c in candidates if c.is_file()), candidates[0])
         if not path.is_file():
-            raise FileNotFoundError(f"{run_dir} holds no checkpoints/best.pt or last.pt; "
-                                    f"point at a run folder written by xtc train --out DIR")
+            raise MissingFileError(f"{run_dir} holds no checkpoints/best.pt or last.pt; "
+                                   f"point at a run folder written by xtc train --out DIR")
     elif path.parent.name == "checkpoints":
         run_dir = path.parent.parent
     payload = checkpoint.load(path, require=checkpoint.EVAL_ENTRIES)
@@ -235,9 +232,9 @@ def load_run(path: str | Path, device: Any = None, overrides: list | dict | None
         exp.model.load_state_dict(payload["model"])
     except RuntimeError as exc:
         detail = " ".join(line.strip() for line in str(exc).splitlines()[1:2])[:160]
-        raise ValueError(f"checkpoint {path} does not fit the model its config "
-                         f"describes ({detail}...); was it written by another xtc version "
-                         f"or edited?") from None
+        raise CheckpointError(f"checkpoint {path} does not fit the model its config "
+                              f"describes ({detail}...); was it written by another xtc version "
+                              f"or edited?") from None
     if "criterion" in payload:
         try:
             exp.criterion.load_state_dict(payload["criterion"])
@@ -272,105 +269,124 @@ def fit(config: Config, out_dir: str | Path | None = None, resume: bool | str = 
     SIGINT/SIGTERM stop the run after the current step: ``last.pt`` is saved (mid-epoch
     state included) and :class:`TrainingInterrupted` says how to resume.
     """
-    start = time.perf_counter()
-    cfg, out_dir = config, Path(out_dir) if out_dir is not None else None
-    ctx = distributed.setup()
-    _check_distributed(cfg, ctx)
-    runtime.seed_everything(cfg.train.seed)
-    device = distributed.device_for(ctx, runtime.choose_device(cfg.train.device))
-    exp = build_experiment(cfg, device, ctx=ctx)
-    model, criterion, optimizer, scheduler = exp.model, exp.criterion, exp.optimizer, exp.scheduler
-    protocol = cfg.train.protocol
-    # mtan / paper: the whole training pool trains and the test split is watched every epoch
-    train_set, test_set = exp.dataset("train"), exp.dataset("test")
-    watch_split = exp.watch_split
-    watch_set = exp.dataset(watch_split)
-    if len(train_set) < cfg.train.batch_size:
-        raise ValueError(f"the train split has {len(train_set)} images, fewer than "
-                         f"train.batch_size={cfg.train.batch_size}: no full batch to train on; "
-                         f"lower train.batch_size or use more data")
-    train_data, watch_data, test_data = (
-        (ResidentSplit(d, device) for d in (train_set, watch_set, test_set))
-        if cfg.data.resident else (train_set, watch_set, test_set))
-    net = model if not ctx.active else torch.nn.parallel.DistributedDataParallel(
-        model, device_ids=[device.index] if device.type == "cuda" else None)
-    state = TrainingState()
-    resume = _check_out_dir(out_dir, resume, cfg, ctx)  # "auto" -> True / False
-    _check_eval_fits(model, (watch_set, test_set), device, cfg)
-    if resume:
-        state = _restore(out_dir, cfg, model, criterion, optimizer, scheduler)
+    session = _Session(config, Path(out_dir) if out_dir is not None else None, resume)
+    with _StopOnSignal() as stop:
+        for epoch in range(session.state.epoch, config.train.epochs):
+            session.train_epoch(epoch, stop, progress)
+    return session.finish(progress)
 
-    best_in_memory = None  # selected weights when there is no out_dir to hold best.pt
 
-    def save(name: str) -> None:
-        nonlocal best_in_memory
-        if out_dir is None and name == "best.pt":
-            best_in_memory = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        if out_dir is not None and ctx.is_main:
-            payload = _payload(cfg, model, criterion, optimizer, scheduler, state)
+class _Session:
+    """One call of :func:`fit`: the experiment, its splits and its :class:`TrainingState`,
+    from set-up (and resume) through the epochs to the reported :class:`Run`."""
+
+    def __init__(self, cfg: Config, out_dir: Path | None, resume: bool | str):
+        self.start = time.perf_counter()
+        self.cfg, self.out_dir = cfg, out_dir
+        self.ctx = ctx = distributed.setup()
+        _check_distributed(cfg, ctx)
+        runtime.seed_everything(cfg.train.seed)
+        self.device = device = distributed.device_for(ctx, runtime.choose_device(cfg.train.device))
+        self.exp = exp = build_experiment(cfg, device, ctx=ctx)
+        # mtan / paper: the whole training pool trains and the test split is watched every epoch
+        self.train_set, self.test_set = exp.dataset("train"), exp.dataset("test")
+        watch_set = exp.dataset(exp.watch_split)
+        if len(self.train_set) < cfg.train.batch_size:
+            raise ConfigError(f"the train split has {len(self.train_set)} images, fewer than "
+                              f"train.batch_size={cfg.train.batch_size}: no full batch to train "
+                              f"on; lower train.batch_size or use more data")
+        self.train_data, self.watch_data, self.test_data = (
+            (ResidentSplit(d, device) for d in (self.train_set, watch_set, self.test_set))
+            if cfg.data.resident else (self.train_set, watch_set, self.test_set))
+        self.net = exp.model if not ctx.active else torch.nn.parallel.DistributedDataParallel(
+            exp.model, device_ids=[device.index] if device.type == "cuda" else None)
+        self.state = TrainingState()
+        resume = _check_out_dir(out_dir, resume, cfg, ctx)  # "auto" -> True / False
+        _check_eval_fits(exp.model, (watch_set, self.test_set), device, cfg)
+        if resume:
+            self.state = _restore(out_dir, cfg, exp.model, exp.criterion, exp.optimizer,
+                                  exp.scheduler)
+        self.best_in_memory = None  # selected weights when there is no out_dir to hold best.pt
+
+    def save(self, name: str) -> None:
+        exp = self.exp
+        if self.out_dir is None and name == "best.pt":
+            self.best_in_memory = {k: v.detach().clone()
+                                   for k, v in exp.model.state_dict().items()}
+        if self.out_dir is not None and self.ctx.is_main:
+            payload = _payload(self.cfg, exp.model, exp.criterion, exp.optimizer, exp.scheduler,
+                               self.state)
             if name == "best.pt":  # the reported weights: evaluation needs no optimiser state
                 payload = {k: v for k, v in payload.items() if k not in ("optimizer", "scheduler")}
-            checkpoint.save(payload, out_dir / "checkpoints" / name)
+            checkpoint.save(payload, self.out_dir / "checkpoints" / name)
 
-    with _StopOnSignal() as stop:
-        for epoch in range(state.epoch, cfg.train.epochs):
-            state.epoch = epoch
-            runtime.seed_everything(runtime.derive_seed(cfg.train.seed, epoch))
-            train_data.set_epoch(epoch)
-            lr = optimizer.param_groups[0]["lr"]  # the rate this epoch trains with
-            train_losses = train_one_epoch(net, criterion, optimizer, train_data, device, cfg,
-                                           state, save=lambda: save("last.pt"), stop=stop,
-                                           progress=progress and ctx.is_main, ctx=ctx,
-                                           last_path=out_dir / "checkpoints" / "last.pt"
-                                           if out_dir is not None else None)
-            scheduler.step()
-            criterion.end_epoch(reduce=(lambda t: distributed.all_reduce_sum(ctx, t))
+    def evaluate(self, data, progress: bool, desc: str) -> dict:
+        exp, cfg, ctx = self.exp, self.cfg, self.ctx
+        return evaluate(exp.model, _loader(data, cfg, ctx=ctx), exp.criterion, self.device,
+                        cfg.train.precision, progress=progress and ctx.is_main, ctx=ctx,
+                        desc=desc)
+
+    def train_epoch(self, epoch: int, stop, progress: bool) -> None:
+        """Train one epoch, watch its split, select and checkpoint."""
+        cfg, ctx, exp, state = self.cfg, self.ctx, self.exp, self.state
+        split = exp.watch_split
+        state.epoch = epoch
+        runtime.seed_everything(runtime.derive_seed(cfg.train.seed, epoch))
+        self.train_data.set_epoch(epoch)
+        lr = exp.optimizer.param_groups[0]["lr"]  # the rate this epoch trains with
+        last = self.out_dir / "checkpoints" / "last.pt" if self.out_dir is not None else None
+        losses = train_one_epoch(self.net, exp.criterion, exp.optimizer, self.train_data,
+                                 self.device, cfg, state, save=lambda: self.save("last.pt"),
+                                 stop=stop, progress=progress and ctx.is_main, ctx=ctx,
+                                 last_path=last)
+        exp.scheduler.step()
+        exp.criterion.end_epoch(reduce=(lambda t: distributed.all_reduce_sum(ctx, t))
                                 if ctx.active else None)
-            watched = evaluate(model, _loader(watch_data, cfg, ctx=ctx), criterion, device,
-                               cfg.train.precision, progress=progress and ctx.is_main,
-                               ctx=ctx, desc=f"{watch_split} {epoch + 1}/{cfg.train.epochs}")
-            record = {"epoch": epoch, "lr": lr,
-                      **{f"train_{k}": v for k, v in train_losses.items()},
-                      **{f"{watch_split}_{k}": v for k, v in watched.items()
-                         if not isinstance(v, list)},
-                      "weights": criterion.weighting.weights()}
-            score = _selection_score(cfg, watched, state.history, model.tasks)
-            if score is not None:
-                record["selection_score"] = score
-            state.history.append(record)
-            state.epoch, state.step, state.partial = epoch + 1, 0, {}
-            if protocol == "mtan" or _improves(score, state.best_score, cfg):
-                state.best_score, state.best_epoch = score, epoch
-                save("best.pt")  # the reported weights: selected, or the latest (mtan)
-            save("last.pt")
-            if progress and ctx.is_main:
-                _print_epoch(record, watch_split)
+        watched = self.evaluate(self.watch_data, progress,
+                                f"{split} {epoch + 1}/{cfg.train.epochs}")
+        record = {"epoch": epoch, "lr": lr, **{f"train_{k}": v for k, v in losses.items()},
+                  **{f"{split}_{k}": v for k, v in watched.items() if not isinstance(v, list)},
+                  "weights": exp.criterion.weighting.weights()}
+        score = _selection_score(cfg, watched, state.history, exp.model.tasks)
+        if score is not None:
+            record["selection_score"] = score
+        state.history.append(record)
+        state.epoch, state.step, state.partial = epoch + 1, 0, {}
+        if cfg.train.protocol == "mtan" or _improves(score, state.best_score, cfg):
+            state.best_score, state.best_epoch = score, epoch
+            self.save("best.pt")  # the reported weights: selected, or the latest (mtan)
+        self.save("last.pt")
+        if progress and ctx.is_main:
+            _print_epoch(record, split)
 
-    distributed.barrier(ctx)  # rank 0 has written best.pt
-    if out_dir is not None and state.best_epoch >= 0:
-        model.load_state_dict(checkpoint.load(out_dir / "checkpoints" / "best.pt")["model"])
-    elif best_in_memory is not None:
-        model.load_state_dict(best_in_memory)
-    best = state.history[state.best_epoch] if state.best_epoch >= 0 else {}
-    reported = [state.best_epoch] if state.best_epoch >= 0 else []
-    if protocol == "xtc":  # the held-out split, evaluated once, with the selected weights
-        test_metrics = evaluate(model, _loader(test_data, cfg, ctx=ctx), criterion, device,
-                                cfg.train.precision, progress=progress and ctx.is_main,
-                                ctx=ctx, desc="test")
-    elif protocol == "mtan":
-        test_metrics, reported = selection.mtan_report(state.history)
-    else:  # paper: the selected epoch's test metrics, measured when it was selected
-        test_metrics = {k[5:]: v for k, v in best.items() if k.startswith("test_")}
-    run = Run(config=cfg, model=model, out_dir=out_dir, history=state.history,
-              best_epoch=state.best_epoch,
-              val_metrics={k[4:]: v for k, v in best.items() if k.startswith("val_")},
-              test_metrics=test_metrics, reported_epochs=reported,
-              wall_time_s=time.perf_counter() - start)
-    if out_dir is not None and ctx.is_main:
-        write_results(run, train_set, device, world=ctx.world)
-        finish_checkpoints(out_dir, cfg.train.keep_checkpoints)
-    distributed.teardown(ctx)
-    return run
+    def finish(self, progress: bool) -> Run:
+        """Load the selected weights, measure the test metrics the protocol reports, write
+        results.json."""
+        cfg, ctx, state, out_dir = self.cfg, self.ctx, self.state, self.out_dir
+        model = self.exp.model
+        distributed.barrier(ctx)  # rank 0 has written best.pt
+        if out_dir is not None and state.best_epoch >= 0:
+            model.load_state_dict(checkpoint.load(out_dir / "checkpoints" / "best.pt")["model"])
+        elif self.best_in_memory is not None:
+            model.load_state_dict(self.best_in_memory)
+        best = state.history[state.best_epoch] if state.best_epoch >= 0 else {}
+        reported = [state.best_epoch] if state.best_epoch >= 0 else []
+        if cfg.train.protocol == "xtc":  # the held-out split, once, with the selected weights
+            test_metrics = self.evaluate(self.test_data, progress, "test")
+        elif cfg.train.protocol == "mtan":
+            test_metrics, reported = selection.mtan_report(state.history)
+        else:  # paper: the selected epoch's test metrics, measured when it was selected
+            test_metrics = {k[5:]: v for k, v in best.items() if k.startswith("test_")}
+        run = Run(config=cfg, model=model, out_dir=out_dir, history=state.history,
+                  best_epoch=state.best_epoch,
+                  val_metrics={k[4:]: v for k, v in best.items() if k.startswith("val_")},
+                  test_metrics=test_metrics, reported_epochs=reported,
+                  wall_time_s=time.perf_counter() - self.start)
+        if out_dir is not None and ctx.is_main:
+            write_results(run, self.train_set, self.device, world=ctx.world)
+            finish_checkpoints(out_dir, cfg.train.keep_checkpoints)
+        distributed.teardown(ctx)
+        return run
 
 
 def train_one_epoch(model, criterion, optimizer, dataset, device, cfg: Config,
@@ -565,7 +581,7 @@ def gradient_cosines(terms: dict, parameters, tasks=("seg", "depth")) -> dict[st
     cross-task terms on ``parameters`` (the shared encoder): ``grad_cos_<a>`` =
     cos(dL_a, d mean_b L_a2b), so two tasks give ``grad_cos_seg`` = cos(dL_seg, dL_seg2depth)
     and ``grad_cos_depth`` = cos(dL_depth, dL_depth2seg). Positive means the cross-task term
-    pushes the shared features the same way as the direct loss (paper-spec §4.3)."""
+    pushes the shared features the same way as the direct loss (docs/method.md §4.3)."""
     params = [p for p in parameters if p.requires_grad]
 
     def flat_grad(loss):
@@ -578,7 +594,8 @@ def gradient_cosines(terms: dict, parameters, tasks=("seg", "depth")) -> dict[st
         edges = [k for k in terms if is_edge(k) and split_edge(k)[0] == task]
         if not edges:
             continue
-        cross = terms[edges[0]] if len(edges) == 1 else torch.stack([terms[e] for e in edges]).mean()
+        cross = (terms[edges[0]] if len(edges) == 1
+                 else torch.stack([terms[e] for e in edges]).mean())
         a, b = flat_grad(terms[task]), flat_grad(cross)
         out[f"grad_cos_{task}"] = float(torch.nn.functional.cosine_similarity(a, b, dim=0))
     return out
@@ -741,26 +758,28 @@ def _check_out_dir(out_dir: Path | None, resume: bool | str, cfg: Config,
     finished = (out_dir / results.FILENAME).exists()
     saved = sorted(p.name for p in (out_dir / "checkpoints").glob("*.pt"))
     if auto and finished:
-        raise FileExistsError(f"--resume auto: {out_dir} already holds a finished run "
-                              f"(results.json); nothing to resume. Choose another --out folder, "
-                              f"or pass --resume --set train.epochs=N to train it longer")
+        raise OutputExistsError(f"--resume auto: {out_dir} already holds a finished run "
+                                f"(results.json); nothing to resume. Choose another --out "
+                                f"folder, or pass --resume --set train.epochs=N to train it "
+                                f"longer")
     if auto:
         # no last.pt: stopped before its first checkpoint; a best.pt it left is rewritten
         resume = (out_dir / "checkpoints" / "last.pt").is_file()
         saved = saved if resume else []
     if not resume and finished:
-        raise FileExistsError(f"{out_dir} already holds a finished run (results.json); choose "
-                              f"another --out folder or pass --resume to continue it")
+        raise OutputExistsError(f"{out_dir} already holds a finished run (results.json); "
+                                f"choose another --out folder or pass --resume to continue it")
     if not resume and saved:
-        raise FileExistsError(f"{out_dir} holds checkpoints of an earlier run ({', '.join(saved)}) "
-                              f"and no results.json; pass --resume to continue it, or choose "
-                              f"another --out folder")
+        raise OutputExistsError(f"{out_dir} holds checkpoints of an earlier run "
+                                f"({', '.join(saved)}) and no results.json; pass --resume to "
+                                f"continue it, or choose another --out folder")
     if resume and finished and (out_dir / "checkpoints" / "last.pt").is_file():
         done = checkpoint.load(out_dir / "checkpoints" / "last.pt").get("epoch")
         if done is not None and done >= cfg.train.epochs:
-            raise FileExistsError(f"--resume: {out_dir} is a finished run ({done} of "
-                                  f"train.epochs={cfg.train.epochs} epochs, results.json written); "
-                                  f"nothing to resume. To train longer, add --set train.epochs=N")
+            raise OutputExistsError(f"--resume: {out_dir} is a finished run ({done} of "
+                                    f"train.epochs={cfg.train.epochs} epochs, results.json "
+                                    f"written); nothing to resume. To train longer, add --set "
+                                    f"train.epochs=N")
     if not ctx.is_main:
         return resume
     try:
@@ -769,8 +788,8 @@ def _check_out_dir(out_dir: Path | None, resume: bool | str, cfg: Config,
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        raise ValueError(f"cannot write to the output folder {out_dir} ({exc.strerror}); "
-                         f"choose a writable --out folder") from None
+        raise ConfigError(f"cannot write to the output folder {out_dir} ({exc.strerror}); "
+                          f"choose a writable --out folder") from None
     for stale in (out_dir / "checkpoints").glob(".*.tmp"):  # left by saves that were killed
         stale.unlink(missing_ok=True)
     return resume
@@ -784,14 +803,15 @@ def _check_eval_fits(model, datasets, device, cfg: Config) -> None:
     try:
         for dataset in datasets:
             if len(dataset) == 0:
-                raise ValueError(f"the {dataset.split} split is empty; nothing to evaluate on")
+                raise DatasetError(f"the {dataset.split} split is empty; nothing to evaluate on")
             image = dataset[0]["image"][None].to(device)
             try:
                 with torch.no_grad(), runtime.autocast(device, cfg.train.precision):
                     model(image)
             except (RuntimeError, ValueError) as exc:
-                raise ValueError(f"the {dataset.split} split's images {tuple(image.shape[-2:])} "
-                                 f"do not fit the model: {str(exc).splitlines()[0][:200]}") from None
+                raise DatasetError(f"the {dataset.split} split's images "
+                                   f"{tuple(image.shape[-2:])} do not fit the model: "
+                                   f"{str(exc).splitlines()[0][:200]}") from None
     finally:
         model.train(was_training)
 
@@ -800,15 +820,15 @@ def _check_distributed(cfg: Config, ctx: distributed.Context) -> None:
     if not ctx.active:
         return
     if cfg.train.batch_size % ctx.world:
-        raise ValueError(f"train.batch_size={cfg.train.batch_size} is the global batch and must "
-                         f"divide evenly over {ctx.world} processes")
+        raise ConfigError(f"train.batch_size={cfg.train.batch_size} is the global batch and must "
+                          f"divide evenly over {ctx.world} processes")
     if cfg.loss.weighting == "gradnorm" or cfg.train.grad_cosine_every:
-        raise ValueError("loss.weighting=gradnorm and train.grad_cosine_every take extra "
-                         "gradients outside DistributedDataParallel; run them in one process")
+        raise ConfigError("loss.weighting=gradnorm and train.grad_cosine_every take extra "
+                          "gradients outside DistributedDataParallel; run them in one process")
     if cfg.loss.weighting == "famo":
-        raise ValueError("loss.weighting=famo under torchrun: FAMO's update uses each rank's "
-                         "own loss values, so the ranks' weights would drift apart; train FAMO "
-                         "in one process")
+        raise ConfigError("loss.weighting=famo under torchrun: FAMO's update uses each rank's "
+                          "own loss values, so the ranks' weights would drift apart; train FAMO "
+                          "in one process")
 
 
 def _selection_score(cfg: Config, watched: dict, history: list[dict], tasks) -> float | None:
@@ -873,22 +893,22 @@ def _restore(out_dir, cfg, model, criterion, optimizer, scheduler) -> dict:
         raise ValueError("resume=True needs the out_dir of the run to continue")
     path = Path(out_dir) / "checkpoints" / "last.pt"
     if not path.is_file() and (Path(out_dir) / results.FILENAME).exists():
-        raise FileExistsError(f"--resume: {out_dir} is a finished run that kept only best.pt "
-                              f"(train.keep_checkpoints=best); nothing to resume. Start a new run "
-                              f"in another --out folder")
+        raise OutputExistsError(f"--resume: {out_dir} is a finished run that kept only "
+                                f"best.pt (train.keep_checkpoints=best); nothing to resume. "
+                                f"Start a new run in another --out folder")
     if not path.is_file():
-        raise FileNotFoundError(f"--resume: {path} does not exist; start the run without "
-                                f"--resume (or point --out at the run folder to continue)")
+        raise MissingFileError(f"--resume: {path} does not exist; start the run without "
+                               f"--resume (or point --out at the run folder to continue)")
     payload = checkpoint.load(path, require=checkpoint.EVAL_ENTRIES)
     saved, now = flatten(checkpoint.config_of(payload, path)), flatten(cfg)  # no silent defaults
     changed = sorted(k for k in now if saved[k] != now[k]
                      and k not in ("train.epochs", "train.keep_checkpoints"))
     if changed:
-        raise ValueError(f"--resume: the config differs from the one {path} was trained "
-                         f"with in {changed}; only train.epochs (and train.keep_checkpoints) "
-                         f"may change on resume")
+        raise ConfigError(f"--resume: the config differs from the one {path} was trained "
+                          f"with in {changed}; only train.epochs (and train.keep_checkpoints) "
+                          f"may change on resume")
     if "optimizer" not in payload and (Path(out_dir) / results.FILENAME).exists():
-        raise FileExistsError(
+        raise OutputExistsError(
             f"--resume: {out_dir} is a finished run whose last.pt was kept without optimizer "
             f"state (train.keep_checkpoints=weights), so it cannot be trained longer exactly; "
             f"train it again with --set train.keep_checkpoints=resumable, or start a new run "

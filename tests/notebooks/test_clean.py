@@ -1,4 +1,4 @@
-"""Every notebook in notebooks/ is committed clean (style.md, Notebook conventions).
+"""Every notebook in notebooks/ is committed clean: git holds only what a human wrote.
 
 Valid nbformat 4 JSON, no outputs or execution counts, the first code cell tagged
 ``parameters`` and holding only literal assignments (papermill injects after it), and no
@@ -54,7 +54,8 @@ def test_parameters_are_literal_assignments(notebook):
     path, nb = notebook
     tree = ast.parse(_code_cells(nb)[0].source)
     for node in tree.body:
-        assert isinstance(node, ast.Assign) and all(isinstance(t, ast.Name) for t in node.targets), (
+        assert (isinstance(node, ast.Assign)
+                and all(isinstance(t, ast.Name) for t in node.targets)), (
             f"{path.name}: parameters cell line {node.lineno} is not `name = literal`")
         ast.literal_eval(node.value)  # raises ValueError for anything but a literal
 

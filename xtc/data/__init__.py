@@ -2,8 +2,9 @@
 
 Every dataset yields dict items ``image (3,H,W)`` float32 in [0, 1] (not normalised; the model
 normalises), ``seg_target (H,W)`` int64 with -1 = ignore, ``depth_target (1,H,W)`` float32
-with 0 = invalid, ``depth_mask (1,H,W)`` bool ``= depth_target > 0``, and NYUv2 adds
-``normal_target (3,H,W)``. ``torch.utils.data.default_collate`` batches them.
+with 0 = invalid, ``depth_mask (1,H,W)`` bool ``= depth_target > 0``; the synthetic city and
+NYUv2 (with its ``normal`` folders) add ``normal_target (3,H,W)`` and ``normal_mask (1,H,W)``.
+``torch.utils.data.default_collate`` batches them.
 
 Splits: ``train`` and ``val`` are carved from the dataset's training pool (``val_fraction``,
 seeded by ``split_seed``, which also seeds augmentation; ``None`` means ``seed``), ``test``
@@ -15,7 +16,7 @@ Examples:
     >>> len(ds), ds.num_classes, ds.depth_units
     (2, 7, 'inverse depth')
     >>> sorted(ds[0])
-    ['depth_mask', 'depth_target', 'image', 'seg_target']
+    ['depth_mask', 'depth_target', 'image', 'normal_mask', 'normal_target', 'seg_target']
 """
 
 from __future__ import annotations

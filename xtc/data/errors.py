@@ -1,7 +1,8 @@
-"""The one error type the data package raises for problems a user can fix."""
+"""The one error type the data package raises for problems a user can fix (defined in
+:mod:`xtc.errors`; re-exported here)."""
 
 from __future__ import annotations
 
+from xtc.errors import DatasetError
 
-class DatasetError(ValueError):
-    """A dataset folder, file or option is wrong; the message names the thing and the fix."""
+__all__ = ["DatasetError"]

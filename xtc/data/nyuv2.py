@@ -1,7 +1,7 @@
 """NYUv2 in the MTAN ``.npy`` layout (288x384, 13 classes, metric depth; see ``xtc.data.mtan``).
 
 Depth is in metres with 0 = invalid; the depth mask is ``depth > 0`` in training too (the
-authors' NYU loss was unmasked, paper-spec §11 item 8). Surface normals are read from
+authors' NYU loss was unmasked, docs/method.md §11 item 8). Surface normals are read from
 ``normal/`` when it exists and yielded as ``normal_target (3,H,W)`` (unit vectors) and
 ``normal_mask (1,H,W)`` (zero vectors in the files are invalid); the convention is the
 files' own (x is the horizontal image axis, which the flip augmentation relies on).

@@ -25,7 +25,7 @@ from xtc.data.errors import DatasetError
 
 MAX_TARGET = 0.4922  # MTAN's Cityscapes depth range: disparity/256 clipped here
 
-# 7 Cityscapes categories (paper-spec 5.1): labelId -> class; void ids 0-6 -> -1
+# 7 Cityscapes categories (docs/method.md §5.1): labelId -> class; void ids 0-6 -> -1
 _CATEGORY_RANGES = [(0, range(7, 11)), (1, range(11, 17)), (2, range(17, 21)),
                     (3, range(21, 23)), (4, range(23, 24)), (5, range(24, 26)),
                     (6, range(26, 34))]
@@ -35,7 +35,7 @@ _TRAIN_IDS = [7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 
 def label_lut(classes: int) -> np.ndarray:
     """(256,) int64 map from Cityscapes labelIds (uint8 png) to class ids, -1 = ignore.
 
-    7 classes: the categories of paper-spec 5.1; id 255 (license plate, id -1 stored as
+    7 classes: the categories of docs/method.md §5.1; id 255 (license plate, id -1 stored as
     uint8) counts as vehicle as in that table. 19 classes: the standard trainIds.
     """
     lut = np.full(256, -1, dtype=np.int64)
@@ -88,7 +88,7 @@ def prepare_cityscapes(raw: Union[str, Path], out: Union[str, Path], classes: in
     split train -> ``out/train`` and val -> ``out/val``.
 
     * image: RGB / 255, resized by area averaging (the authors' nearest resize aliases,
-      paper-spec §11 item 11);
+      docs/method.md §11 item 11);
     * label: :func:`label_lut` (void -> -1), nearest resize;
     * depth: :func:`disparity_to_target`, nearest resize with the *same* source pixels as the
       label, so labels and depth stay pixel-aligned, values are never mixed across depth

@@ -33,6 +33,7 @@ import numpy as np
 
 from xtc.data.errors import DatasetError
 from xtc.data.prepare import _progress, _write_atomically, area_resize, nearest_indices
+from xtc.errors import SetupError
 
 NYU_SIZE = (480, 640)  # (H, W) of every image of the labelled release
 NUM_RAW_CLASSES = 894
@@ -387,6 +388,6 @@ def _import_h5py():
     try:
         import h5py
     except ImportError:
-        raise DatasetError("reading nyu_depth_v2_labeled.mat (MATLAB v7.3 = HDF5) needs h5py: "
-                           "pip install h5py") from None
+        raise SetupError("reading nyu_depth_v2_labeled.mat (MATLAB v7.3 = HDF5) needs h5py: "
+                         "pip install h5py") from None
     return h5py

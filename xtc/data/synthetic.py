@@ -262,7 +262,7 @@ def render_scene(seed: int, index: int, height: int = 128, width: int = 256) -> 
     image = np.clip(((image - mean) * contrast + mean) * gain, 0.0, 1.0).astype(np.float32)
     image = image.transpose(1, 2, 0)
     # ---- normals of the surfaces that won the z-test (channels-first, an (H,W,3) view)
-    normal = np.take(_NORMALS_T, canvas.surf, axis=1)  # (3,H,W); ~3x faster than NORMALS[surf]
+    normal = np.take(_NORMALS_T, canvas.surf, axis=1)  # (3,H,W); faster than NORMALS[surf]
     camera = {"f": float(f), "c_x": float(c_x), "y_h": float(y_h), "cam_h": float(cam_h)}
     return {"image": image, "label": label, "depth": depth, "mask": depth > 0,
             "normal": normal.transpose(1, 2, 0), "normal_mask": canvas.surf != N_NONE,

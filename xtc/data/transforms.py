@@ -9,19 +9,21 @@ One random geometry per sample is applied identically to every map of that sampl
 
 Depth is rescaled consistently with its units: zooming in by ``s`` brings the scene ``s``
 times closer, so inverse depth (disparity) is multiplied by ``s`` and metric depth divided by
-``s`` (the authors' Cityscapes code did neither, paper-spec §11 item 10). The depth mask goes
+``s`` (the authors' Cityscapes code did neither, docs/method.md §11 item 10). The depth mask goes
 through the same crop (authors' defect §11 item 9) and stays ``depth_target > 0``.
 
 Batches are dicts: ``image (B,3,H,W)`` float, ``seg_target (B,H,W)`` long (-1 ignore),
 ``depth_target (B,1,H,W)`` float, ``depth_mask (B,1,H,W)`` bool, optional
 ``normal_target (B,3,H,W)`` and ``normal_mask (B,1,H,W)``; what happens to each key is its
-task's rule (``xtc.tasks.Task.augment``: labels, depth, vectors, mask). Parameters are drawn from a ``torch.Generator`` on the CPU, so
-the same generator state gives the same result on CPU and GPU and in any worker.
+task's rule (``xtc.tasks.Task.augment``: labels, depth, vectors, mask). Parameters are drawn
+from a ``torch.Generator`` on the CPU, so the same generator state gives the same result on
+CPU and GPU and in any worker.
 
 Examples:
     >>> import torch
     >>> batch = {"image": torch.rand(2, 3, 32, 64), "seg_target": torch.zeros(2, 32, 64).long(),
-    ...          "depth_target": torch.rand(2, 1, 32, 64), "depth_mask": torch.ones(2, 1, 32, 64).bool()}
+    ...          "depth_target": torch.rand(2, 1, 32, 64),
+    ...          "depth_mask": torch.ones(2, 1, 32, 64).bool()}
     >>> out = augment_batch(batch, torch.Generator().manual_seed(0), "inverse depth")
     >>> out["image"].shape
     torch.Size([2, 3, 32, 64])

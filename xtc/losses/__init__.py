@@ -2,7 +2,7 @@
 
 The criterion computes a direct term per task (``seg``, ``depth``, ``normal``, as the method
 has them) and, for ``xtc``, a cross-task term per edge ``a2b`` of the transfer graph. It groups
-them per paper-spec §3.4, each cross-task term beside the direct loss of the decoder it
+them per docs/method.md §3.4, each cross-task term beside the direct loss of the decoder it
 trains (its *source* task a), generalised to any graph:
 
     L_a = (1 - lambda_a) L_a + lambda_a * mean_{b : a2b in the graph} L_a2b
@@ -34,11 +34,11 @@ from xtc.losses.aggregation import AGGREGATORS, NONE as NO_AGGREGATOR, Aggregati
 from xtc.losses.weighting import WEIGHTINGS, Weighting, build_weighting
 from xtc.tasks import METHODS, TASKS, Task, lambdas_of, split_edge, transfers_of
 
-__all__ = ["AGGREGATORS", "Aggregation", "Criterion", "CrossTaskLoss", "DepthLoss", "NormalLoss", "SegLoss", "WEIGHTINGS",
-           "Weighting", "alignment_loss", "build_criterion", "build_weighting",
-           "consistency_loss", "cross_task_loss", "depth2seg_loss", "depth_loss", "edge_terms",
-           "normal_loss", "pseudo_targets", "seg2depth_loss", "seg_loss", "ssim_dissimilarity",
-           "ssim_max_val", "task_instances"]
+__all__ = ["AGGREGATORS", "Aggregation", "Criterion", "CrossTaskLoss", "DepthLoss", "NormalLoss",
+           "SegLoss", "WEIGHTINGS", "Weighting", "alignment_loss", "build_criterion",
+           "build_weighting", "consistency_loss", "cross_task_loss", "depth2seg_loss",
+           "depth_loss", "edge_terms", "normal_loss", "pseudo_targets", "seg2depth_loss",
+           "seg_loss", "ssim_dissimilarity", "ssim_max_val", "task_instances"]
 
 
 class Criterion(nn.Module):
@@ -125,9 +125,10 @@ def build_criterion(config: Any, model: Optional[nn.Module] = None,
     """Build the criterion from a full :class:`xtc.config.Config`.
 
     ``model`` is needed for ``loss.weighting=gradnorm`` (its ``last_shared_layer()``) and
-    for ``loss.aggregator`` (its encoder's features), and gives the number of classes (else ``num_classes``, else the dataset's). Single-task
-    methods use ``loss.single_task_weighting`` (default ``fixed``: one loss needs no
-    balancing, and the authors' STL runs had none; uncertainty weighting would rescale it).
+    for ``loss.aggregator`` (its encoder's features), and gives the number of classes (else
+    ``num_classes``, else the dataset's). Single-task methods use
+    ``loss.single_task_weighting`` (default ``fixed``: one loss needs no balancing, and the
+    authors' STL runs had none; uncertainty weighting would rescale it).
     """
     method, loss = METHODS.get(config.model.method), config.loss
     if num_classes is None:

@@ -53,6 +53,7 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import nn
 
+from xtc.errors import ConfigError
 from xtc.registry import Registry
 
 AGGREGATORS = Registry("aggregator")
@@ -161,8 +162,8 @@ def check_arguments(name: str, args: dict) -> None:
     valid = aggregator_arguments(name)
     unknown = sorted(set(args) - set(valid))
     if unknown:
-        raise ValueError(f"loss.aggregator_args: {name} takes {sorted(valid) or 'no arguments'}; "
-                         f"got {unknown}")
+        raise ConfigError(f"loss.aggregator_args: {name} takes {sorted(valid) or 'no arguments'}; "
+                          f"got {unknown}")
 
 
 def build_aggregator(name: str, n_objectives: int, args: Optional[dict] = None):
@@ -185,7 +186,7 @@ class Aggregation(nn.Module):
                  mode: str = "tasks"):
         super().__init__()
         if mode not in OBJECTIVES:
-            raise ValueError(f"loss.objectives={mode!r}; choose one of {list(OBJECTIVES)}")
+            raise ConfigError(f"loss.objectives={mode!r}; choose one of {list(OBJECTIVES)}")
         self.name, self.mode, self.args = name, mode, dict(args or {})
         self.names = tuple(names)
         self.aggregator = build_aggregator(name, len(self.names), self.args)

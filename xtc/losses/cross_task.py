@@ -1,7 +1,7 @@
 """Cross-task losses: consistency (vs detached direct predictions) and alignment (vs ground
 truth), for every edge ``a2b`` of the transfer graph.
 
-paper-spec §3.2-3.3. A transferred prediction ``a2b`` is compared with a *target* that
+docs/method.md §3.2-3.3. A transferred prediction ``a2b`` is compared with a *target* that
 carries no gradient: ``b``'s pseudo-target (its stop-grad direct prediction, as
 ``Task.pseudo_target`` shapes it: argmax labels for segmentation, unit vectors for normals)
 for consistency, ``b``'s ground truth for alignment. So a cross-task term trains its transfer
@@ -23,6 +23,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
+from xtc.errors import ConfigError
 from xtc.tasks import TASKS, Task, split_edge
 from xtc.tasks.depth import TRANSFER_KINDS as SEG2DEPTH_KINDS
 from xtc.tasks.depth import Depth, seg2depth_loss, ssim_dissimilarity  # noqa: F401
@@ -48,7 +49,7 @@ def edge_terms(predictions: dict[str, torch.Tensor], batch: dict[str, torch.Tens
     ``alignment`` (vs b's ground truth) or ``both`` (the mean of the two, so lambda keeps
     its scale)."""
     if mode not in CROSS_TASK_MODES:
-        raise ValueError(f"unknown cross_task '{mode}'; choose one of {list(CROSS_TASK_MODES)}")
+        raise ConfigError(f"unknown cross_task '{mode}'; choose one of {list(CROSS_TASK_MODES)}")
     out = {}
     for name in edges:
         target = tasks[split_edge(name)[1]]
@@ -81,7 +82,7 @@ def cross_task_loss(predictions: dict[str, torch.Tensor], batch: dict[str, torch
 
 def consistency_loss(predictions: dict[str, torch.Tensor], batch: dict[str, torch.Tensor],
                      **kinds) -> dict[str, torch.Tensor]:
-    """Cross-task consistency (the authors' ``xtsc``; paper-spec §3.2): transferred
+    """Cross-task consistency (the authors' ``xtsc``; docs/method.md §3.2): transferred
     predictions vs the :func:`pseudo_targets` (stop-grad direct depth, argmax of stop-grad
     direct logits). Label-free except for the masks. Returns ``{"seg2depth", "depth2seg"}``."""
     return cross_task_loss(predictions, batch, "consistency", **kinds)
@@ -109,13 +110,14 @@ class CrossTaskLoss(nn.Module):
                  edges: Optional[Sequence[str]] = None, tasks: Optional[dict[str, Task]] = None):
         super().__init__()
         if mode not in CROSS_TASK_MODES:
-            raise ValueError(f"unknown cross_task '{mode}'; choose one of {list(CROSS_TASK_MODES)}")
+            raise ConfigError(f"unknown cross_task '{mode}'; choose one of "
+                              f"{list(CROSS_TASK_MODES)}")
         if seg2depth not in SEG2DEPTH_KINDS:
-            raise ValueError(f"unknown seg2depth loss '{seg2depth}'; choose one of "
-                             f"{list(SEG2DEPTH_KINDS)}")
+            raise ConfigError(f"unknown seg2depth loss '{seg2depth}'; choose one of "
+                              f"{list(SEG2DEPTH_KINDS)}")
         if depth2seg not in DEPTH2SEG_KINDS:
-            raise ValueError(f"unknown depth2seg loss '{depth2seg}'; choose one of "
-                             f"{list(DEPTH2SEG_KINDS)}")
+            raise ConfigError(f"unknown depth2seg loss '{depth2seg}'; choose one of "
+                              f"{list(DEPTH2SEG_KINDS)}")
         self.mode = mode
         self.edges = list(edges) if edges is not None else list(PAPER_EDGES)
         self.tasks = tasks if tasks is not None else _paper_tasks(

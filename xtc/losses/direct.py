@@ -1,7 +1,7 @@
-"""Direct (per-task, supervised) losses as modules (paper-spec §3.1).
+"""Direct (per-task, supervised) losses as modules (docs/method.md §3.1).
 
 The loss functions live with their task (:mod:`xtc.tasks.seg`, :mod:`xtc.tasks.depth`,
-:mod:`xtc.tasks.normal`); these thin modules store the hyperparameters (style rule 2).
+:mod:`xtc.tasks.normal`); these thin modules store the hyperparameters and call those functions.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from xtc.errors import ConfigError
 from xtc.tasks.base import fill_invalid as _fill_invalid  # noqa: F401
 from xtc.tasks.base import masked_image_mean  # noqa: F401
 from xtc.tasks.depth import DEPTH_KINDS, depth_error, depth_loss  # noqa: F401
@@ -35,7 +36,8 @@ class DepthLoss(nn.Module):
     def __init__(self, kind: str = "l1"):
         super().__init__()
         if kind not in DEPTH_KINDS:
-            raise ValueError(f"unknown depth loss kind '{kind}'; choose one of {list(DEPTH_KINDS)}")
+            raise ConfigError(f"unknown depth loss kind '{kind}'; choose one of "
+                              f"{list(DEPTH_KINDS)}")
         self.kind = kind
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor,
@@ -49,7 +51,7 @@ class NormalLoss(nn.Module):
     def __init__(self, kind: str = "cosine"):
         super().__init__()
         if kind not in NORMAL_KINDS:
-            raise ValueError(f"unknown normal loss '{kind}'; choose one of {list(NORMAL_KINDS)}")
+            raise ConfigError(f"unknown normal loss '{kind}'; choose one of {list(NORMAL_KINDS)}")
         self.kind = kind
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor,

@@ -1,4 +1,4 @@
-"""Loss weighting: combine the group losses (L_S, L_D) into the total (paper-spec §3.4).
+"""Loss weighting: combine the group losses (L_S, L_D) into the total (docs/method.md §3.4).
 
 One small interface, :class:`Weighting`: ``forward(groups) -> total``, ``after_step()`` (after
 ``optimizer.step()``), ``end_epoch(reduce)`` (once per epoch) and ``weights()`` for logging. The
@@ -21,6 +21,7 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import nn
 
+from xtc.errors import ConfigError
 from xtc.registry import Registry
 
 WEIGHTINGS = Registry("weighting")
@@ -98,7 +99,7 @@ class UncertaintyWeighting(Weighting):
     def __init__(self, names: Sequence[str], form: str = "kendall"):
         super().__init__(names)
         if form not in UNCERTAINTY_FORMS:
-            raise ValueError(f"unknown uncertainty form '{form}'; choose kendall or authors")
+            raise ConfigError(f"unknown uncertainty form '{form}'; choose kendall or authors")
         self.form = form
         self.log_vars = nn.Parameter(torch.zeros(len(self.names)))
 

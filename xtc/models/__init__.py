@@ -8,7 +8,8 @@ Examples:
 
 from xtc.models.decoder import ConvBlock, Decoder
 from xtc.models.encoder import Encoder
-from xtc.models.net import METHODS, XTCNet, build_model, build_model_from_config  # METHODS: xtc.tasks
+# METHODS: xtc.tasks
+from xtc.models.net import METHODS, XTCNet, build_model, build_model_from_config
 from xtc.models.transfer import TaskTransferNet
 
 __all__ = ["METHODS", "ConvBlock", "Decoder", "Encoder", "TaskTransferNet", "XTCNet",

@@ -1,4 +1,4 @@
-"""U-Net-like task decoder (paper-spec §2.2).
+"""U-Net-like task decoder (docs/method.md §2.2).
 
 Five ConvBlocks, each three [3x3 conv -> BN -> ReLU] layers followed by x2 bilinear upsampling,
 with concatenation skips from enc3..enc0, and a 1x1 head without bias.
@@ -59,7 +59,7 @@ class Decoder(nn.Module):
 
     Shapes: features enc_i (B, C_i, H/2^(i+1), W/2^(i+1)) -> (B, out_channels, H, W).
     The output has no activation: the depth output is unbounded (may be negative) as in the
-    paper (paper-spec §2.2, §11 defect 17); metrics and plots must clamp where they divide.
+    paper (docs/method.md §2.2, §11 defect 17); metrics and plots must clamp where they divide.
     """
 
     def __init__(self, encoder_channels: Sequence[int], out_channels: int, width: int = 128):

@@ -1,8 +1,8 @@
 """Shared encoder: a timm ``features_only`` backbone with five feature levels.
 
-paper-spec §2.1: the authors used a torchvision ResNet with five taps at strides
+docs/method.md §2.1: the authors used a torchvision ResNet with five taps at strides
 (2, 4, 8, 16, 32). timm's ``features_only`` ResNets expose exactly those taps (act1, layer1..4),
-so any timm backbone with the same reductions works. Unlike the authors' code (paper-spec §11,
+so any timm backbone with the same reductions works. Unlike the authors' code (docs/method.md §11,
 defect 20) a failed pretrained download is an error, never a silent untrained fallback.
 """
 
@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+
+from xtc.errors import ConfigError, SetupError
 
 REDUCTIONS = (2, 4, 8, 16, 32)
 
@@ -35,22 +37,22 @@ class Encoder(nn.Module):
         import timm  # heavy import stays out of `import xtc`
 
         if not timm.is_model(name):
-            raise ValueError(f"unknown encoder '{name}': not a timm model name; use e.g. "
-                             f"resnet18, resnet34 or resnet50 (see timm.list_models())")
+            raise ConfigError(f"unknown encoder '{name}': not a timm model name; use e.g. "
+                              f"resnet18, resnet34 or resnet50 (see timm.list_models())")
         self.name = name
         self.backbone = _create(timm, name, pretrained)
         reductions = tuple(self.backbone.feature_info.reduction())
         if reductions != REDUCTIONS:
-            raise ValueError(f"encoder '{name}' gives feature levels with reductions "
-                             f"{reductions}; xtc needs exactly five levels with reductions "
-                             f"{REDUCTIONS} (e.g. resnet18/34/50)")
+            raise ConfigError(f"encoder '{name}' gives feature levels with reductions "
+                              f"{reductions}; xtc needs exactly five levels with reductions "
+                              f"{REDUCTIONS} (e.g. resnet18/34/50)")
         self.channels: tuple[int, ...] = tuple(self.backbone.feature_info.channels())
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         return list(self.backbone(x))
 
     def last_shared_layer(self) -> nn.Parameter:
-        """Weight of the last convolution of the encoder (GradNorm's W; paper-spec §3.4).
+        """Weight of the last convolution of the encoder (GradNorm's W; docs/method.md §3.4).
 
         For ResNet-18/34 this is ``layer4[-1].conv2``, the layer the authors used.
         """
@@ -75,7 +77,7 @@ def _create(timm, name: str, pretrained: bool) -> nn.Module:
     try:
         return timm.create_model(name, features_only=True, pretrained=True)
     except Exception as exc:  # offline: huggingface_hub / urllib raise various OSErrors
-        raise RuntimeError(
+        raise SetupError(
             f"pretrained ImageNet weights for encoder '{name}' could not be downloaded or found "
             f"in the local cache ({type(exc).__name__}: {exc}). Pre-cache them on a machine with "
             f"internet (python -c \"import timm; timm.create_model('{name}', pretrained=True)\", "

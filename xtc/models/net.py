@@ -1,4 +1,4 @@
-"""STL / MTL / XTC networks and ``build_model`` (paper-spec §1-2, design.md "Methods").
+"""STL / MTL / XTC networks and ``build_model`` (docs/method.md §1-2).
 
 One class, :class:`XTCNet`, covers every method: a shared encoder, one decoder per task and,
 for ``xtc``, one task-transfer network per edge ``a2b`` of the transfer graph. The method
@@ -19,7 +19,7 @@ from xtc.models.transfer import TaskTransferNet
 from xtc.tasks import METHODS, TASKS, default_transfers, split_edge, transfers_of
 
 # ImageNet statistics. Datasets deliver images in [0, 1] (good for display); the model
-# normalises inside forward, for every dataset (fixes paper-spec §11 defect 12).
+# normalises inside forward, for every dataset (fixes docs/method.md §11 defect 12).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -32,7 +32,7 @@ class XTCNet(nn.Module):
         tasks: the tasks with a decoder (registry names), e.g. ("seg", "depth").
         num_classes: K, the number of segmentation classes.
         encoder: timm backbone name; pretrained: ImageNet weights (see :class:`Encoder`).
-        decoder_width, transfer_width, transfer_batch_norm: see paper-spec §2.2-2.3.
+        decoder_width, transfer_width, transfer_batch_norm: see docs/method.md §2.2-2.3.
         transfers: the edges ``a2b`` to build transfer nets for (``xtc``).
 
     ``forward(images)`` takes (B, 3, H, W) images in [0, 1] with H, W divisible by 32 and
@@ -76,7 +76,7 @@ class XTCNet(nn.Module):
         out = {task: decoder(features) for task, decoder in self.decoders.items()}
         if self.transfer is not None and not direct_only:
             # The transfer nets see only the direct predictions, with gradient: a cross-task
-            # loss trains its source decoder (paper-spec §3.2). Targets are detached in the loss.
+            # loss trains its source decoder (docs/method.md §3.2); the loss detaches targets.
             # transfer_detach_input is the control: the transfer nets still learn the mapping
             # but no cross-task gradient reaches the encoder or the source decoders.
             inputs = {}

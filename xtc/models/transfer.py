@@ -1,8 +1,8 @@
-"""Task-transfer network: the skip-connected U-Net of the authors (paper-spec §2.3).
+"""Task-transfer network: the skip-connected U-Net of the authors (docs/method.md §2.3).
 
 ``TaskTransferNet`` maps one task's *prediction* to the other task's output space; it never
 sees image features. seg2depth takes ``log_softmax`` over classes of the segmentation logits,
-depth2seg takes the raw depth (paper-spec §2.3, §11 defect 18).
+depth2seg takes the raw depth (docs/method.md §2.3, §11 defect 18).
 """
 
 from __future__ import annotations

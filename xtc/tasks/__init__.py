@@ -33,9 +33,10 @@ from xtc.tasks.base import (AUGMENT_RULES, TASKS, Meter, Metric, Task, edge, fil
 
 DEFAULT_LAMBDA = 0.01  # the paper's lambda (Cityscapes), for a task no config entry names
 
-__all__ = ["AUGMENT_RULES", "DEFAULT_LAMBDA", "lambdas_of", "METHODS", "Meter", "Method", "Metric", "TASKS", "Task",
-           "default_transfers", "delta_m_metrics", "edge", "is_edge", "fill_invalid", "heat",
-           "masked_image_mean", "metric_names", "split_edge", "transfers_of"]
+__all__ = ["AUGMENT_RULES", "DEFAULT_LAMBDA", "lambdas_of", "METHODS", "Meter", "Method",
+           "Metric", "TASKS", "Task", "default_transfers", "delta_m_metrics", "edge", "is_edge",
+           "fill_invalid", "heat", "masked_image_mean", "metric_names", "split_edge",
+           "transfers_of"]
 
 
 @dataclass(frozen=True)

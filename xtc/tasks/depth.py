@@ -2,7 +2,7 @@
 city, metres for NYUv2), masked L1 by default, the split-level depth errors.
 
 Batch: ``depth_target`` (B,1,H,W), 0 = invalid, and ``depth_mask`` (B,1,H,W) bool. Prediction
-``depth`` (B,1,H,W), unbounded (paper-spec §2.2). Fed raw to a transfer net (paper-spec §2.3).
+``depth`` (B,1,H,W), unbounded, fed raw to a transfer net (docs/method.md §2.2-2.3).
 Augmentation: a scale-crop by s multiplies inverse depth by s and divides metres by s.
 """
 
@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from xtc.errors import ConfigError
 from xtc.tasks.base import TASKS, Meter, Metric, Task, fill_invalid, heat, masked_image_mean
 
 DEPTH_KINDS = ("l1", "mse", "logl1", "smoothl1")
@@ -34,12 +35,12 @@ def depth_error(pred: Tensor, target: Tensor, kind: str = "l1") -> Tensor:
         return torch.log1p(e.abs())
     if kind == "smoothl1":
         return F.smooth_l1_loss(pred, target, reduction="none", beta=1.0)
-    raise ValueError(f"unknown depth loss kind '{kind}'; choose one of {list(DEPTH_KINDS)}")
+    raise ConfigError(f"unknown depth loss kind '{kind}'; choose one of {list(DEPTH_KINDS)}")
 
 
 def depth_loss(pred: Tensor, target: Tensor, mask: Optional[Tensor] = None,
                kind: str = "l1") -> Tensor:
-    """Masked direct depth loss (paper-spec §3.1).
+    """Masked direct depth loss (docs/method.md §3.1).
 
     L = mean_b [ sum_p m_b(p) phi(pred_b(p) - target_b(p)) / sum_p m_b(p) ], over images with
     valid pixels. Depth units are the dataset's (metres for NYUv2, inverse depth for
@@ -65,7 +66,7 @@ def depth_loss(pred: Tensor, target: Tensor, mask: Optional[Tensor] = None,
 
 def ssim_dissimilarity(x: Tensor, y: Tensor, mask: Optional[Tensor] = None,
                        max_val: float = 1.0, window_size: int = 3) -> Tensor:
-    """Masked structural dissimilarity clamp((1 - SSIM) / 2, 0, 1) (paper-spec §3.3).
+    """Masked structural dissimilarity clamp((1 - SSIM) / 2, 0, 1) (docs/method.md §3.3).
 
     Uses ``kornia.metrics.ssim`` (Gaussian window, 'same' padding; the authors used 3x3 average
     pooling). SSIM's constants C1 = (0.01 max_val)^2, C2 = (0.03 max_val)^2 assume values in
@@ -76,7 +77,7 @@ def ssim_dissimilarity(x: Tensor, y: Tensor, mask: Optional[Tensor] = None,
 
     Shapes: x, y, mask (B, 1, H, W). Returns a scalar; 0 for identical maps.
     """
-    import kornia  # heavy import kept local (style rule 7)
+    import kornia  # heavy import kept local: `import xtc` stays fast
 
     if mask is not None:
         x = torch.where(mask.bool(), x, torch.zeros_like(x))
@@ -97,7 +98,7 @@ def seg2depth_loss(transferred: Tensor, target: Tensor, mask: Optional[Tensor] =
     if kind == "ssim":
         return ssim_dissimilarity(transferred, target, mask, ssim_max_val)
     if kind not in DEPTH_KINDS:
-        raise ValueError(f"unknown seg2depth loss '{kind}'; choose one of {list(TRANSFER_KINDS)}")
+        raise ConfigError(f"unknown seg2depth loss '{kind}'; choose one of {list(TRANSFER_KINDS)}")
     return masked_image_mean(depth_error(transferred, target, kind), mask)
 
 
@@ -114,7 +115,8 @@ def depth_error_sums(pred: Tensor, target: Tensor, mask: Tensor | None = None,
     AND ``mask`` if given. p is clamped to ``eps`` for the log and the ratios only.
     """
     if pred.shape != target.shape:
-        raise ValueError(f"depth pred {tuple(pred.shape)} and target {tuple(target.shape)} must match (B,1,H,W)")
+        raise ValueError(f"depth pred {tuple(pred.shape)} and target {tuple(target.shape)} "
+                         f"must match (B,1,H,W)")
     valid = target > 0
     if mask is not None:
         valid = valid & mask.reshape(target.shape).bool()
@@ -136,8 +138,10 @@ def depth_error_sums(pred: Tensor, target: Tensor, mask: Tensor | None = None,
 def _depth_metrics_from_sums(s: Tensor) -> dict[str, float]:
     n, a, r, sq, lsq, d1, d2, d3 = s.tolist()
     if n == 0:
-        return {k: float("nan") for k in ("abs_err", "rel_err", "rmse", "log_rmse", "delta1", "delta2", "delta3")}
-    return {"abs_err": a / n, "rel_err": r / n, "rmse": math.sqrt(sq / n), "log_rmse": math.sqrt(lsq / n),
+        return {k: float("nan") for k in ("abs_err", "rel_err", "rmse", "log_rmse",
+                                          "delta1", "delta2", "delta3")}
+    return {"abs_err": a / n, "rel_err": r / n, "rmse": math.sqrt(sq / n),
+            "log_rmse": math.sqrt(lsq / n),
             "delta1": d1 / n, "delta2": d2 / n, "delta3": d3 / n}
 
 

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from xtc.errors import ConfigError
 from xtc.tasks.base import TASKS, Meter, Metric, Task
 
 LOSS_KINDS = ("cosine", "l1")
@@ -62,7 +63,7 @@ def normal_loss(pred: Tensor, target: Tensor, mask: Optional[Tensor] = None,
         raise ValueError(f"normal_loss expects pred and target of shape (B, 3, H, W); got "
                          f"{tuple(pred.shape)} and {tuple(target.shape)}")
     if kind not in LOSS_KINDS:
-        raise ValueError(f"unknown normal loss '{kind}'; choose one of {list(LOSS_KINDS)}")
+        raise ConfigError(f"unknown normal loss '{kind}'; choose one of {list(LOSS_KINDS)}")
     p = unit(pred)
     valid = (torch.ones_like(pred[:, :1], dtype=torch.bool) if mask is None
              else mask.bool().reshape(pred[:, :1].shape))

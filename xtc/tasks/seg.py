@@ -2,8 +2,8 @@
 
 Batch: ``seg_target`` (B,H,W) int64, -1 = ignore (no separate mask key). Prediction ``seg``
 (B,K,H,W) logits. Fed to a transfer net as ``log_softmax`` over the classes (the authors'
-choice, paper-spec §2.3). The metric functions are split-level: one confusion matrix over
-every valid pixel of the split, never a mean of per-batch values (paper-spec §7).
+choice, docs/method.md §2.3). The metric functions are split-level: one confusion matrix over
+every valid pixel of the split, never a mean of per-batch values (docs/method.md §7).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from xtc.errors import ConfigError
 from xtc.tasks.base import TASKS, Meter, Metric, Task
 
 IGNORE_INDEX = -1
@@ -38,7 +39,7 @@ def seg_palette(num_classes: int) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- losses
 def seg_loss(logits: Tensor, target: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor:
-    """Cross-entropy over non-ignored pixels (paper-spec §3.1).
+    """Cross-entropy over non-ignored pixels (docs/method.md §3.1).
 
     Args:
         logits: (B, K, H, W) segmentation logits.
@@ -60,7 +61,7 @@ def seg_loss(logits: Tensor, target: Tensor, ignore_index: int = IGNORE_INDEX) -
 
 def depth2seg_loss(logits: Tensor, target_labels: Tensor, kind: str = "ce",
                    label_smoothing: float = 0.0, ignore_index: int = IGNORE_INDEX) -> Tensor:
-    """Transferred-segmentation loss against (pseudo-)labels (paper-spec §3.3); the loss of
+    """Transferred-segmentation loss against (pseudo-)labels (docs/method.md §3.3); the loss of
     every transfer into segmentation (``depth2seg``, ``normal2seg``, ...).
 
     q is the smoothed one-hot target: 1 - eps on the label, eps / (K - 1) elsewhere.
@@ -74,7 +75,7 @@ def depth2seg_loss(logits: Tensor, target_labels: Tensor, kind: str = "ce",
     """
     check_seg(logits, target_labels, "depth2seg_loss")
     if kind not in TRANSFER_KINDS:
-        raise ValueError(f"unknown depth2seg loss '{kind}'; choose one of {list(TRANSFER_KINDS)}")
+        raise ConfigError(f"unknown depth2seg loss '{kind}'; choose one of {list(TRANSFER_KINDS)}")
     num_classes = logits.shape[1]
     eps = float(label_smoothing)
     valid = target_labels != ignore_index                          # (B, H, W)
@@ -108,8 +109,9 @@ def _as_labels(logits_or_labels: Tensor, num_classes: int) -> Tensor:
     x = logits_or_labels
     if x.is_floating_point():
         if x.dim() != 4 or x.shape[1] != num_classes:
-            raise ValueError(f"segmentation logits must be (B,{num_classes},H,W); got {tuple(x.shape)}")
-        return x.max(1).indices  # = argmax(1) (first maximum), ~7x faster on CPU
+            raise ValueError(f"segmentation logits must be (B,{num_classes},H,W); "
+                             f"got {tuple(x.shape)}")
+        return x.max(1).indices  # = argmax(1) (first maximum); the faster of the two on CPU
     if x.dim() != 3:
         raise ValueError(f"segmentation labels must be (B,H,W) integers; got {tuple(x.shape)}")
     return x.long()
@@ -132,7 +134,8 @@ def _per_image_confusion(pred: Tensor, target: Tensor, num_classes: int, ignore_
     K classes, so its range check is skipped.
     """
     if pred.shape != target.shape or target.dim() != 3:
-        raise ValueError(f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} must both be (B,H,W)")
+        raise ValueError(f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} "
+                         f"must both be (B,H,W)")
     k, b = num_classes, target.shape[0]
     valid = target != ignore_index
     _check_label_range(torch.where(valid, target, 0), k,
@@ -146,7 +149,8 @@ def _per_image_confusion(pred: Tensor, target: Tensor, num_classes: int, ignore_
     return torch.bincount(idx.reshape(-1), minlength=bins + 1)[:bins].view(b, k, k)
 
 
-def confusion_matrix(pred_labels: Tensor, target: Tensor, num_classes: int, ignore_index: int = -1) -> Tensor:
+def confusion_matrix(pred_labels: Tensor, target: Tensor, num_classes: int,
+                     ignore_index: int = -1) -> Tensor:
     """Confusion matrix (K,K) int64, rows = ground truth, cols = prediction.
 
     pred_labels: (B,H,W) int in [0,K) (or logits (B,K,H,W), argmaxed); target: (B,H,W) int with
@@ -195,7 +199,7 @@ def _legacy_from_per_image(per_image: Tensor) -> Tensor:
 
 def legacy_miou_per_image(pred_labels: Tensor, target: Tensor, num_classes: int,
                           ignore_index: int = -1) -> Tensor:
-    """LEGACY per-image mIoU of the paper's code (MTAN's old formula, paper-spec §7), (B,) float64.
+    """LEGACY per-image mIoU, the paper code's old MTAN formula (docs/method.md §7): (B,) float64.
 
     Per image, over valid pixels: IoU_j = I_j / U_j for each class with U_j > 0 (a class predicted
     but absent from the ground truth counts 0), mean over those classes. Averaging this over

@@ -1,4 +1,4 @@
-"""Figures for :mod:`xtc.alignment`: gradient cosine and consistency energy over training,
+"""Figures for :mod:`xtc.analysis.alignment`: gradient cosine and consistency energy over training,
 energy maps next to error maps (matplotlib), and the energy-vs-error table, for any task set
 (one column per task the rows or maps have; two tasks: the paper's seg and depth).
 
@@ -34,9 +34,9 @@ _TITLES = dict(PANELS)
 
 def curve_panels(rows: Sequence[Mapping]) -> list[tuple[str, str, str]]:
     """``(column, title, y-axis label)`` of :func:`plot_alignment_curves`: per task of the
-    rows (:func:`xtc.alignment.curve_tasks`), its gradient cosine (top row) and its
+    rows (:func:`xtc.analysis.alignment.curve_tasks`), its gradient cosine (top row) and its
     validation energy (bottom row). Two tasks: the four :data:`PANELS`."""
-    from xtc.alignment import curve_tasks
+    from xtc.analysis.alignment import curve_tasks
     from xtc.tasks import TASKS
 
     tasks = curve_tasks(rows)
@@ -54,7 +54,7 @@ def curve_panels(rows: Sequence[Mapping]) -> list[tuple[str, str, str]]:
 
 
 def plot_alignment_curves(rows: Sequence[Mapping], path: Union[str, Path, None] = None):
-    """Rows of :func:`xtc.alignment.alignment_curves` -> 2 x T panels, one column per task:
+    """Rows of :func:`xtc.analysis.alignment.alignment_curves` -> 2 x T panels, one column per task:
     its gradient cosine (top; cos between the direct loss's gradient and the mean of its
     outgoing cross-task terms' on the shared encoder) and its validation consistency
     energy (bottom, mean over the transfers into it), against epoch, one line per run. Two
@@ -104,7 +104,7 @@ def map_columns(maps: Mapping[str, Mapping[str, np.ndarray]]
 
 def plot_energy_maps(maps: Mapping[str, Mapping[str, np.ndarray]], n: int = 2,
                      path: Union[str, Path, None] = None):
-    """``{run: xtc.alignment.energy_maps(...)}`` -> one row per (run, image) with the image
+    """``{run: xtc.analysis.alignment.energy_maps(...)}`` -> one row per (run, image) with the image
     and, for every task (:func:`map_columns`; two tasks: seg and depth), its error and its
     energy (grey = ignored/invalid), each with a labelled colour bar. Energy and error of a
     task sit side by side so their overlap can be seen at a glance."""

@@ -7,9 +7,9 @@ cells. Voilà has no papermill parameters, so the app gets its run from the envi
 * ``XTC_APP_RUN`` (``xtc app --run DIR`` sets it): the run shown first; the run dropdown also
   lists every other run found.
 * Without it: the runs under ``runs/`` (or ``XTC_RUNS_DIR``) and ``reports/``, newest first;
-  when there are none, ``configs/quickstart.yaml`` is trained first (~50 s on a 2-core CPU,
-  :func:`xtc.viz.default_run.first_run`) so the app always opens on a run that shows the
-  method working.
+  when there are none, ``configs/quickstart.yaml`` is trained first (about a minute on a
+  2-core CPU, bench/RESULTS.md section 9; :func:`xtc.viz.default_run.first_run`) so the app
+  always opens on a run that shows the method working.
 
 The server listens on 127.0.0.1 behind a token that never reaches a command line (``ps``
 shows command lines): :func:`serve` passes it to Voilà as ``JUPYTER_TOKEN`` in the
@@ -26,13 +26,15 @@ import sys
 from pathlib import Path
 from typing import Mapping, Optional
 
+from xtc.errors import ConfigError, SetupError
+
 ENV_RUN = "XTC_APP_RUN"
 DEFAULT_PORT = 8866
 
 
 def notebook() -> Path:
     """The app notebook, ``notebooks/app.ipynb`` in the repository."""
-    from xtc.viz import repo_path
+    from xtc.runtime import repo_path
 
     return repo_path("notebooks", "app.ipynb")
 
@@ -48,9 +50,9 @@ def check_run(run: str | Path) -> Path:
 
 
 def found_runs() -> list[Path]:
-    """Finished runs under :func:`xtc.viz.runs_root` and the repository's ``reports/``,
+    """Finished runs under :func:`xtc.runtime.runs_root` and the repository's ``reports/``,
     newest checkpoint first."""
-    from xtc.viz import repo_path, runs_root
+    from xtc.runtime import repo_path, runs_root
     from xtc.viz.explorer import find_runs
 
     runs = [r for root in (runs_root(), repo_path("reports")) if root.is_dir()
@@ -110,7 +112,7 @@ def prepare(run: str | Path | None = None, port: int = DEFAULT_PORT,
     ``token`` defaults to ``$JUPYTER_TOKEN``, else a fresh random one; ``run`` is checked
     here, so a bad path fails before a server starts."""
     if not 0 < int(port) < 65536:
-        raise ValueError(f"--port {port} is not a TCP port (1-65535)")
+        raise ConfigError(f"--port {port} is not a TCP port (1-65535)")
     run_dir = check_run(run) if run is not None else None
     token = token or os.environ.get("JUPYTER_TOKEN") or new_token()
     url = f"http://127.0.0.1:{int(port)}/?token={token}"
@@ -133,13 +135,14 @@ def serve(run: str | Path | None = None, port: int = DEFAULT_PORT,
 
 
 def _check_can_serve(port: int) -> None:
-    """Voilà installed and ``port`` free on 127.0.0.1, else ValueError (one line for the CLI)."""
+    """Voilà installed and ``port`` free on 127.0.0.1, else an XtcError (one line for the
+    CLI): SetupError without voila, ConfigError for a port in use."""
     import errno
     import importlib.util
     import socket
 
     if importlib.util.find_spec("voila") is None:
-        raise ValueError("voila is not installed in this environment: run `make setup` "
+        raise SetupError("voila is not installed in this environment: run `make setup` "
                          "(or pip install voila)")
     with socket.socket() as sock:
         try:
@@ -147,8 +150,8 @@ def _check_can_serve(port: int) -> None:
         except OSError as exc:
             if exc.errno != errno.EADDRINUSE:
                 raise
-            raise ValueError(f"port {port} on 127.0.0.1 is in use: pick another with "
-                             f"--port N") from None
+            raise ConfigError(f"port {port} on 127.0.0.1 is in use: pick another with "
+                              f"--port N") from None
 
 
 def _age(run: Path) -> float:

@@ -3,8 +3,8 @@
 A first picture must show the method working, so the fallback is never a 4-step toy: it is
 the demo's trained ``xtc`` consistency run when ``make demo`` has made it, else the newest
 run trained from ``configs/quickstart.yaml`` (by ``00_quickstart``), else that config
-trained now (~50 s on a 2-core CPU; its test metrics and their margin over the constant
-predictors are checked in ``tests/test_quickstart.py``).
+trained now (about a minute on a 2-core CPU, bench/RESULTS.md section 9; its test metrics
+and their margin over the constant predictors are checked in ``tests/test_quickstart.py``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ QUICKSTART_NAME = "00_quickstart"  # the runs_root() folder 00_quickstart trains
 
 def demo_run() -> Optional[Path]:
     """The demo's xtc consistency run, when ``make demo`` has finished it."""
-    from xtc.viz import repo_path
+    from xtc.runtime import repo_path
 
     run = repo_path(DEMO_RUN)
     return run if (run / "checkpoints" / "best.pt").is_file() else None
@@ -31,7 +31,7 @@ def quickstart_config(path: str = QUICKSTART_CONFIG, overrides: Optional[dict] =
     ``configs/quickstart.yaml``) with ``overrides`` ({"section.key": value}) and shortcuts
     (``seed=1``) on top; shortcuts whose value is None keep the config's value."""
     import xtc.config
-    from xtc.viz import repo_path
+    from xtc.runtime import repo_path
 
     given = {k: v for k, v in shortcuts.items() if v is not None}
     return xtc.config.load(repo_path(path), overrides or {}, **given)
@@ -39,7 +39,7 @@ def quickstart_config(path: str = QUICKSTART_CONFIG, overrides: Optional[dict] =
 
 def newest_quickstart_run() -> Optional[Path]:
     """The newest finished run under ``<runs_root>/00_quickstart/``, if any."""
-    from xtc.viz import runs_root
+    from xtc.runtime import runs_root
     from xtc.viz.explorer import find_runs
 
     root = runs_root() / QUICKSTART_NAME
@@ -56,7 +56,7 @@ def first_run(name: str, train: bool = True, progress: bool = False) -> Optional
     if found is not None or not train:
         return found
     import xtc.train
-    from xtc.viz import output_dir
+    from xtc.runtime import output_dir
 
     return xtc.train.fit(quickstart_config(), out_dir=output_dir(None, name) / "quickstart",
                          progress=progress).out_dir

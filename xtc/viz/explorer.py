@@ -43,7 +43,9 @@ import numpy as np
 import torch
 
 from xtc import checkpoint, train
+from xtc.analysis.predictions import error_maps, predict_batch, task_specs, valid_mask
 from xtc.config import from_dict
+from xtc.errors import MissingFileError
 from xtc.metrics import consistency_energy_maps
 from xtc.tasks import TASKS, Task, split_edge
 from xtc.viz.alignment_plots import ENERGY_CMAP, ERROR_CMAP
@@ -154,12 +156,12 @@ def resolve_run(run_dir: str | Path) -> Path:
     root (as in ``xtc app --run runs/demo/X`` or a notebook under ``notebooks/``), absolute
     ones (and ``~``) are used as they are. Raises FileNotFoundError naming the resolved path
     when it is not a folder."""
-    from xtc.viz import repo_path
+    from xtc.runtime import repo_path
 
     path = Path(run_dir).expanduser()
     path = path.resolve() if path.is_absolute() else repo_path(str(path))
     if not path.is_dir():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"run folder {path} does not exist" + ("" if Path(run_dir).expanduser().is_absolute()
             else f" (relative run paths resolve from the repository root {repo_path()})"))
     return path
@@ -236,8 +238,8 @@ def _checkpoint_path(run_dir: Path, which: str) -> Path:
     if not path.is_file() and (run_dir / "checkpoints" / "last.pt").is_file():
         path = run_dir / "checkpoints" / "last.pt"
     if not path.is_file():
-        raise FileNotFoundError(f"{run_dir} holds no checkpoints/{which}.pt or last.pt; pass "
-                                f"the folder a training run wrote (xtc train --out DIR)")
+        raise MissingFileError(f"{run_dir} holds no checkpoints/{which}.pt or last.pt; pass "
+                               f"the folder a training run wrote (xtc train --out DIR)")
     return path
 
 
@@ -264,7 +266,7 @@ def panel_specs(run, depth_units: Optional[str] = None) -> dict[str, Panel]:
     if depth_units is None:
         depth_units = run.dataset("test").depth_units
     tasks = list(run.model.tasks)
-    specs = _task_specs(run)
+    specs = task_specs(run.model)
     panels = [Panel("image", "rgb", None, "image", role="image")]
     for t in tasks:
         kind = VALUE_KINDS.get(t, "draw")
@@ -314,20 +316,8 @@ def prediction_panels(run: LoadedRun) -> list[str]:
             if p.role in ("image", "target", "direct", "transferred")]
 
 
-def _task_specs(run) -> dict[str, Task]:
-    """The run's Task instances (the model's, else fresh ones with its class count)."""
-    specs = getattr(run.model, "specs", None)
-    return dict(specs) if specs else {t: TASKS.get(t)(run.num_classes) for t in run.model.tasks}
-
-
-def _valid_map(task: str, spec: Task, batch: dict) -> Optional[torch.Tensor]:
-    """(H,W) bool of the first item: the task's valid pixels (``Task.valid``; depth also
-    needs a positive target, as its error map does); None: every pixel."""
-    valid = spec.valid(batch)
-    if task == "depth" and "depth_target" in batch:
-        positive = batch["depth_target"] > 0
-        valid = positive if valid is None else valid.bool() & positive
-    return None if valid is None else valid.reshape(valid.shape[0], *valid.shape[-2:])[0].bool()
+def _cpu(tensors: dict) -> dict:
+    return {k: v.cpu() for k, v in tensors.items()}
 
 
 def _value_map(kind: str, spec: Task, value: torch.Tensor,
@@ -365,25 +355,27 @@ def predict(run: LoadedRun, split: str, index: int) -> dict[str, np.ndarray]:
         raise IndexError(f"index {index} is out of range for the {split} split "
                          f"({len(dataset)} samples)")
     item = dataset[index]
-    batch = {k: v[None] for k, v in item.items() if torch.is_tensor(v)}
-    out = {k: v.float() for k, v in run.model(item["image"][None]).items()}
-    specs = _task_specs(run)
+    batch, out = predict_batch(run.model, {k: v[None] for k, v in item.items()
+                                           if torch.is_tensor(v)})
+    batch, out = _cpu(batch), _cpu(out)
+    specs = task_specs(run.model)
     panels = panel_specs(run, depth_units=dataset.depth_units)
     maps: dict[str, np.ndarray] = {
         "image": (item["image"].permute(1, 2, 0).clamp(0, 1).numpy() * 255).astype(np.uint8)}
     energy = consistency_energy_maps(out) if any(p.role == "energy" for p in panels.values()) \
         else {}
+    errors = (error_maps(out, batch, specs) if any(p.role == "error" for p in panels.values())
+              else {})
     for name, panel in panels.items():
         t = panel.task
         if panel.role == "target":
-            valid = _valid_map(t, specs[t], batch)
+            valid = valid_mask(t, specs[t], batch)
+            valid = None if valid is None else valid[0]
             maps[name] = _value_map(panel.kind, specs[t], specs[t].target(batch)[0], valid)
         elif panel.role in ("direct", "transferred"):
             maps[name] = _value_map(panel.kind, specs[t], out[name][0], None)
         elif panel.role == "error":
-            valid = _valid_map(t, specs[t], batch)
-            err = specs[t].error_map(out[t], batch)[0].float().numpy()
-            maps[name] = err if valid is None else np.where(valid.numpy(), err, np.nan)
+            maps[name] = errors[t][0].numpy()
         elif panel.role == "energy":
             maps[name] = energy[t][0].numpy()
     return maps
@@ -431,7 +423,8 @@ def render(run: LoadedRun, split: str = "test", index: int = 0, columns: int = 4
     names = list(maps)
     grid = _layout(run, names, columns)
     rows, cols = len(grid), max(len(r) for r in grid)
-    titles = [panels[n].title if n else "" for row in grid for n in row + [None] * (cols - len(row))]
+    titles = [panels[n].title if n else ""
+              for row in grid for n in row + [None] * (cols - len(row))]
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles,
                         horizontal_spacing=0.09 if cols <= 4 else 0.36 / cols,
                         vertical_spacing=0.08 if rows <= 3 else 0.24 / rows)
@@ -550,8 +543,8 @@ def static_gallery(run: LoadedRun, split: str = "test", indices: Sequence[int] =
                 if r == 0 or by_task:
                     unit = f"\n[{panel.unit}]" if panel.unit else ""
                     ax.set_title(panel.title + unit, fontsize=6)
-        axes[s * per_sample][0].text(-0.1, 0.5, f"#{index}", transform=axes[s * per_sample][0].transAxes,
-                                     ha="right")
+        first = axes[s * per_sample][0]
+        first.text(-0.1, 0.5, f"#{index}", transform=first.transAxes, ha="right")
     palette = seg_palette(run.num_classes) / 255
     fig.legend(handles=[Patch(color=c, label=n) for n, c in zip(dataset.class_names, palette)],
                loc="lower center", ncol=min(len(dataset.class_names), 10), fontsize=7,

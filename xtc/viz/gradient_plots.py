@@ -1,5 +1,6 @@
 """Figures of the gradient statistics a run logs with ``train.grad_stats_every`` (the
-``train_gstat_*`` keys of its per-epoch history; :func:`xtc.losses.aggregation.gradient_statistics`):
+``train_gstat_*`` keys of its per-epoch history;
+:func:`xtc.losses.aggregation.gradient_statistics`):
 how the objectives' gradients on the shared encoder conflict over training, and how the
 applied update direction sits against each of them, one row of panels per run.
 
@@ -173,7 +174,8 @@ def plotly_figure(rows: Sequence[Mapping]):
 
     runs = _runs(rows) or ["no run"]
     titles = [f"{run}: {t}" for run in runs for t in PANEL_TITLES]
-    fig = make_subplots(rows=len(runs), cols=3, subplot_titles=titles, vertical_spacing=0.3 / len(runs))
+    fig = make_subplots(rows=len(runs), cols=3, subplot_titles=titles,
+                        vertical_spacing=0.3 / len(runs))
     for i, run in enumerate(runs, start=1):
         mine = [r for r in rows if r["run"] == run]
         x, y = _series(mine, "conflict_fraction")

@@ -1,4 +1,4 @@
-"""Figures for :mod:`xtc.landscape`: 1-D curves and 2-D contours (matplotlib, for reports),
+"""Figures for :mod:`xtc.analysis.landscape`: 1-D curves and 2-D contours (matplotlib, for reports),
 3-D surfaces (plotly ``go.Surface``, interactive), and small HTML tables. One panel per loss
 term the criterion returned, for any task set (every ``<task>``, every edge ``<a>2<b>`` and
 ``total``, ordered by :func:`term_order`).
@@ -8,8 +8,9 @@ closed before they are returned, so a notebook cell that ends with the call show
 
 Examples:
     >>> import numpy as np
-    >>> from xtc.landscape import Curve
-    >>> fig = plot_curves({"a->b": Curve(np.linspace(0, 1, 3), {"total": np.array([1.0, 2.0, 1.5])})})
+    >>> from xtc.analysis.landscape import Curve
+    >>> curve = Curve(np.linspace(0, 1, 3), {"total": np.array([1.0, 2.0, 1.5])})
+    >>> fig = plot_curves({"a->b": curve})
     >>> len(fig.axes)
     1
 """
@@ -21,7 +22,7 @@ from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from xtc.landscape import term_order  # noqa: F401  (re-exported: plots and notebooks)
+from xtc.analysis.landscape import term_order  # noqa: F401  (re-exported: plots and notebooks)
 from xtc.viz.plots import figure
 from xtc.viz.plots import finish as _finish
 from xtc.viz.tables import table  # noqa: F401  (notebooks call landscape_plots.table)
@@ -149,7 +150,7 @@ def surface_figure(surfaces, terms: Optional[Sequence[str]] = ("total",)):
 
 def sharpness_rows(sharpness: Mapping[str, Mapping[str, Mapping[str, float]]]) -> list[dict]:
     """Tidy rows ``{run, term, centre, max_increase, curvature...}`` from
-    ``{label: xtc.landscape.sharpness(...)}``."""
+    ``{label: xtc.analysis.landscape.sharpness(...)}``."""
     return [{"run": label, "term": term, **numbers}
             for label, per_term in sharpness.items() for term, numbers in per_term.items()]
 

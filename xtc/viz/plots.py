@@ -108,11 +108,12 @@ def show_predictions(model, dataset, indices: Sequence[int] = (0, 1, 2), device:
     direct prediction and, for an ``xtc`` model, every transferred prediction ``<a>2<task>``
     into it (two tasks: GT seg, seg, ``depth2seg``, GT depth, depth, ``seg2depth``).
     Normals are RGB (n + 1) / 2, the GT's invalid pixels black."""
-    from xtc.tasks import TASKS, split_edge
+    from xtc.analysis.predictions import predict_batch, task_specs
+    from xtc.tasks import split_edge
 
-    model = model.to(device).eval()
-    batch = torch.stack([dataset[i]["image"] for i in indices]).to(device)
-    out = {k: v.float().cpu() for k, v in model(batch).items()}
+    _, out = predict_batch(model.to(device),
+                           {"image": torch.stack([dataset[i]["image"] for i in indices])})
+    out = {k: v.cpu() for k, v in out.items()}
     tasks = [t for t in getattr(model, "tasks", ("seg", "depth")) if t in out]
     edges = [k for k in out if k not in tasks and _is_edge(k)]
     cols = ["image"]
@@ -120,7 +121,7 @@ def show_predictions(model, dataset, indices: Sequence[int] = (0, 1, 2), device:
         cols += [f"{task}_target", task] + [e for e in edges if split_edge(e)[1] == task]
     fig = figure((2.3 * len(cols), 2.2 * len(indices)))
     axes = fig.subplots(len(indices), len(cols), squeeze=False)
-    specs = {t: TASKS.get(t)(getattr(model, "num_classes", 0)) for t in tasks}
+    specs = task_specs(model)
     for r, index in enumerate(indices):
         item = dataset[index]
         for ax, col in zip(axes[r], cols):
@@ -469,7 +470,7 @@ def plot_depth_to_normals(dataset, index: int = 0, path=None):
 
 
 def plot_scaling(rows: list[dict]):
-    """Training-step cost from :func:`xtc.profiling.scaling_grid` rows: ms per step against
+    """Training-step cost from :func:`xtc.analysis.profiling.scaling_grid` rows: ms per step against
     batch size (one line per resolution, log-log: slope 1 = cost proportional to the batch)
     and the throughput in megapixels/s (flat = no gain from bigger batches)."""
     fig = figure((10, 3.5))

@@ -1,6 +1,6 @@
 """``show_source(obj)``: the real code of a function or class, highlighted, in a notebook.
 
-Workshops should *see* the method (style.md: 00_quickstart shows ``consistency_loss``), and
+Workshops should *see* the method (00_quickstart shows ``consistency_loss``), and
 copying code into a markdown cell would drift from what actually runs. This reads the source
 with :mod:`inspect` from the installed package, so what is shown is what trains.
 """

@@ -38,7 +38,8 @@ DEPTH = ("abs_err", "rel_err")
 
 
 def _data(filename: str) -> str:
-    return (resources.files("xtc") / "published_tables" / filename).read_text(encoding="utf-8")
+    path = resources.files("xtc.analysis") / "published_tables" / filename
+    return path.read_text(encoding="utf-8")
 
 
 @lru_cache(maxsize=1)
@@ -52,7 +53,8 @@ def _check(name: str) -> None:
 
 
 def info(name: str) -> dict:
-    """The table's dataset, classes, tasks, ``protocol`` ({name, text}), units, Δm columns, sources."""
+    """The table's dataset, classes, tasks, ``protocol`` ({name, text}), units, Δm columns,
+    sources."""
     _check(name)
     meta = _meta()
     return {**meta["tables"][name], "sources": meta["sources"],
@@ -73,7 +75,8 @@ def table(name: str) -> list[dict[str, Any]]:
         for m in METRIC_COLUMNS:
             value = _number(raw.get(m) or "")
             if value is not None:
-                metrics[m] = round(value / 100, 8) if m in PERCENT else value  # no 0.7401000000000001
+                # round: no 0.7401000000000001
+                metrics[m] = round(value / 100, 8) if m in PERCENT else value
         row = {"method": raw["method"], "source": raw["source"], "protocol": raw["protocol"],
                "comparable": raw["protocol"] == own, "third_party": raw["third_party"] == "yes",
                "from_memory": raw["from_memory"] == "yes", "baseline": raw["method"] == "STL",

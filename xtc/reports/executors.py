@@ -7,7 +7,7 @@ The executor is chosen by ``--executor`` on ``xtc sweep`` / ``xtc report`` or by
     executor: {kind: slurm, partition: gpu, account: myproject, gpus_per_task: 1,
                cpus_per_task: 8, mem_gb: 32, time_min: 240, max_parallel: 10}
 
-Slurm runs keep the bookkeeping of :mod:`xtc.report`: every run's status.json says where it
+Slurm runs keep the bookkeeping of :mod:`xtc.reports`: every run's status.json says where it
 stands (``queued``, ``running``, ``requeued``, ``interrupted``, then ``ok`` or ``failed``) and
 records its Slurm job id; a failed task never stops the others; a rerun skips finished
 runs and resubmits the others. Each task's Slurm log is linked from its run folder
@@ -34,6 +34,11 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from xtc import files
+from xtc.errors import ConfigError, PlanError, SetupError
+from xtc.reports.index import build_index
+from xtc.reports.runs import STATUS, move_aside, run_task, write_status
 
 KINDS = ("local", "slurm")
 # option: (type(s), help) -- also the keys of a plan's ``executor:`` mapping
@@ -71,12 +76,12 @@ def parse(value: Any, where: str) -> dict:
     if isinstance(value, str):
         value = {"kind": value}
     if not isinstance(value, dict):
-        raise ValueError(f"{where}: field 'executor' must be 'local', 'slurm' or a mapping "
+        raise PlanError(f"{where}: field 'executor' must be 'local', 'slurm' or a mapping "
                          f"such as {{kind: slurm, partition: gpu}}")
     out = dict(value)
     kind = out.get("kind", "local")
     if kind not in KINDS:
-        raise ValueError(f"{where}: field 'executor.kind' is {kind!r}; choose one of {list(KINDS)}")
+        raise PlanError(f"{where}: field 'executor.kind' is {kind!r}; choose one of {list(KINDS)}")
     _check_options(out, lambda key: f"{where}: field 'executor.{key}'")
     return out
 
@@ -88,13 +93,13 @@ def resolve(plan_value: Any, given: dict | None, where: str) -> dict:
     options = {**parse(plan_value, where), **(given or {})}
     options.setdefault("kind", "local")
     if options["kind"] not in KINDS:
-        raise ValueError(f"--executor {options['kind']!r}: choose one of {list(KINDS)}")
+        raise ConfigError(f"--executor {options['kind']!r}: choose one of {list(KINDS)}")
     _check_options(options, lambda key: f"--{key.replace('_', '-')}")
     slurm_only = sorted(k for k in options if k != "kind")
     if options["kind"] == "local" and slurm_only:
         flags = ", ".join(f"--{k.replace('_', '-')}" for k in slurm_only)
         verb = "applies" if len(slurm_only) == 1 else "apply"
-        raise ValueError(f"{flags} only {verb} to Slurm runs; add --executor slurm (or "
+        raise ConfigError(f"{flags} only {verb} to Slurm runs; add --executor slurm (or "
                          f"'executor: slurm' in {where}), or drop them")
     if options["kind"] == "slurm":
         options = {**SLURM_DEFAULTS, **options}
@@ -107,15 +112,15 @@ def _check_options(options: dict, name) -> None:
             continue
         if key not in SLURM_OPTIONS:
             valid = ", ".join(["kind", *SLURM_OPTIONS])
-            raise ValueError(f"{name(key)} is not an executor option; valid: {valid}")
+            raise ConfigError(f"{name(key)} is not an executor option; valid: {valid}")
         kind = SLURM_OPTIONS[key][0]
         if isinstance(value, bool) or not isinstance(value, kind):
             want = {list: "a list of shell lines", str: "a string", int: "a whole number"}.get(
                 kind, "a number")
-            raise ValueError(f"{name(key)} is {value!r}; it must be {want}")
+            raise ConfigError(f"{name(key)} is {value!r}; it must be {want}")
         if key in ("gpus_per_task",) and value < 0 or key in (
                 "cpus_per_task", "mem_gb", "time_min", "max_parallel", "poll_s") and value <= 0:
-            raise ValueError(f"{name(key)} is {value!r}; it must be positive")
+            raise ConfigError(f"{name(key)} is {value!r}; it must be positive")
 
 
 def check_slurm() -> None:
@@ -123,12 +128,12 @@ def check_slurm() -> None:
     try:
         import submitit  # noqa: F401
     except ImportError:
-        raise ValueError(f"--executor slurm needs submitit, which is not installed in this "
+        raise SetupError(f"--executor slurm needs submitit, which is not installed in this "
                          f"environment; install it with: pip install {SUBMITIT_PIN} (make setup "
                          f"installs it), or use --executor local") from None
     missing = [c for c in ("sbatch", "srun", "squeue", "scontrol") if shutil.which(c) is None]
     if missing:
-        raise ValueError(f"--executor slurm: {', '.join(missing)} not found on PATH; run the "
+        raise SetupError(f"--executor slurm: {', '.join(missing)} not found on PATH; run the "
                          f"sweep on a Slurm login node (or start the local one-node cluster: "
                          f"tools/slurm-local.sh start), or use --executor local")
 
@@ -162,11 +167,10 @@ def is_live(state: str | None) -> bool:
 def live_runs(tasks: list[dict]) -> dict[str, str]:
     """``{run name: job id}`` for runs whose status.json names a Slurm job that is still
     queued or running (an earlier sweep's): a rerun waits for them instead of resubmitting."""
-    from xtc.report import STATUS, _load_json
 
     jobs = {}
     for task in tasks:
-        status, _ = _load_json(Path(task["out_dir"]) / STATUS)
+        status, _ = files.read_json(Path(task["out_dir"]) / STATUS)
         if status and status.get("status") in LIVE_STATUSES and status.get("job_id"):
             jobs[task["name"]] = str(status["job_id"])
     if not jobs:
@@ -182,7 +186,6 @@ def run_slurm(todo: list[dict], plan_dir: Path, options: dict, adopted: dict[str
     queue), and return each run's final status record."""
     import submitit
 
-    from xtc.report import STATUS, _load_json, _write_status, build_index
 
     folder = plan_dir / SLURM_FOLDER
     folder.mkdir(parents=True, exist_ok=True)
@@ -205,7 +208,7 @@ def run_slurm(todo: list[dict], plan_dir: Path, options: dict, adopted: dict[str
         threads = options["cpus_per_task"]
         submitted = []
         for task in todo:  # recorded before submission: a task never finds no status.json
-            _write_status(Path(task["out_dir"]), _record(task, "queued", job_id=None))
+            write_status(Path(task["out_dir"]), _record(task, "queued", job_id=None))
         try:
             with executor.batch():
                 for task in todo:
@@ -216,14 +219,14 @@ def run_slurm(todo: list[dict], plan_dir: Path, options: dict, adopted: dict[str
                        f"account, GPUs, memory and time limit against the cluster (sinfo, "
                        f"sacctmgr show assoc), then rerun the sweep")
             for task in todo:
-                _write_status(Path(task["out_dir"]), {**_record(task, "failed", job_id=None),
+                write_status(Path(task["out_dir"]), {**_record(task, "failed", job_id=None),
                                                       "error": message})
-            raise ValueError(message) from None
+            raise PlanError(message) from None
         for task, job in zip(todo, submitted):
             jobs[task["name"]] = str(job.job_id)
-            status, _ = _load_json(Path(task["out_dir"]) / STATUS)
+            status, _ = files.read_json(Path(task["out_dir"]) / STATUS)
             if not status or status.get("status") == "queued":  # the task may have started
-                _write_status(Path(task["out_dir"]), _record(task, "queued", job_id=str(job.job_id)))
+                write_status(Path(task["out_dir"]), _record(task, "queued", job_id=str(job.job_id)))
     records, outstanding = [], dict(jobs)
     failures = 0
     build_index(plan_dir.parent)  # the index shows the queued runs and their job ids now
@@ -232,7 +235,7 @@ def run_slurm(todo: list[dict], plan_dir: Path, options: dict, adopted: dict[str
         failures = failures + 1 if states is None else 0
         for name, job in list(outstanding.items()):
             out = plan_dir / name
-            status, _ = _load_json(out / STATUS)
+            status, _ = files.read_json(out / STATUS)
             final = bool(status) and status.get("status") in ("ok", "failed")
             if states is not None and is_live(states.get(job)):
                 continue  # still queued, running or requeued (its status may say failed: a
@@ -247,7 +250,7 @@ def run_slurm(todo: list[dict], plan_dir: Path, options: dict, adopted: dict[str
                 status = {**(status or {}), **_record(task, "failed", job_id=job),
                           "error": f"Slurm job {job} ended ({state}) while its run was {last}: "
                                    f"see {out / LOG_LINK}"}
-                _write_status(out, status)
+                write_status(out, status)
             records.append(status)
             del outstanding[name]
             if on_done is not None:
@@ -292,20 +295,19 @@ class SlurmRun:
     def __call__(self) -> dict:
         import submitit
 
-        from xtc.report import STATUS, _load_json, _move_aside, _run_task, _write_status
 
         env = submitit.JobEnvironment()
         job_id = str(env.job_id)
         out = Path(self.task["out_dir"])
         restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
-        status, _ = _load_json(out / STATUS)
+        status, _ = files.read_json(out / STATUS)
         if restarts and (status or {}).get("status") == "ok" and status.get("job_id") == job_id:
             return status  # requeued after this very task had finished: nothing to redo
         task = dict(self.task)
         if restarts and (out / "results.json").exists() and (status or {}).get("status") != "ok":
             # requeued after training had finished (during the report's export): resume
             # has nothing left to do, so the run starts again in a fresh folder
-            task["previous_attempt"] = str(_move_aside(out, "requeued after training finished"))
+            task["previous_attempt"] = str(move_aside(out, "requeued after training finished"))
         out.mkdir(parents=True, exist_ok=True)
         log = Path(env.paths.stdout)
         link = out / LOG_LINK
@@ -313,14 +315,14 @@ class SlurmRun:
             link.unlink()
         link.symlink_to(log.resolve())
         task.update(job_id=job_id, executor="slurm", slurm_restarts=restarts, log=str(log))
-        _write_status(out, _record(task, "running", job_id=job_id, slurm_restarts=restarts,
+        write_status(out, _record(task, "running", job_id=job_id, slurm_restarts=restarts,
                                    log=str(log), host=env.hostname))
         _RUNTIME.clear()
         _RUNTIME.update(interrupted=None, record=None, job_id=job_id)
         signal.signal(signal.SIGTERM, self._on_term)  # instead of submitit's log-and-ignore
 
         def target():
-            _RUNTIME["record"] = _run_task(task, self.threads)
+            _RUNTIME["record"] = run_task(task, self.threads)
 
         usr = _usr_signal()
         signal.pthread_sigmask(signal.SIG_BLOCK, {usr})  # inherited by the thread's kernel
@@ -339,7 +341,7 @@ class SlurmRun:
                                           slurm_restarts=restarts, log=str(log)),
                       "error": f"{_RUNTIME['interrupted']} received: training stopped after "
                                f"saving checkpoints/last.pt; a requeued task resumes from it"}
-            _write_status(out, record)
+            write_status(out, record)
             raise SystemExit(128 + signal.SIGTERM)  # no result: the job is not done
         return record
 
@@ -355,7 +357,6 @@ class SlurmRun:
         ``requeued``, and hand submitit a fresh copy of this run to requeue."""
         import submitit
 
-        from xtc.report import _write_status
 
         thread = _RUNTIME.get("thread")
         print("xtc: time-limit (or preemption) signal: stopping the run at its next saved "
@@ -367,7 +368,7 @@ class SlurmRun:
         out = Path(self.task["out_dir"])
         record = _RUNTIME.get("record") or {}
         if record.get("status") != "ok":  # else it finished meanwhile; the requeue returns it
-            _write_status(out, {**record, **_record(self.task, "requeued",
+            write_status(out, {**record, **_record(self.task, "requeued",
                                                      job_id=_RUNTIME.get("job_id")),
                                 "error": "time-limit signal: training stopped after saving "
                                          "checkpoints/last.pt; requeued, it resumes from it"})

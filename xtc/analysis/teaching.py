@@ -3,7 +3,8 @@ transfer net makes of a segmentation you hand it, and where one loss term's grad
 
 Examples:
     >>> import torch
-    >>> paint(torch.zeros(1, 4, 4, dtype=torch.long), (1, 3, 0, 2), 5)[0, 1:3, 0:2].unique().tolist()
+    >>> painted = paint(torch.zeros(1, 4, 4, dtype=torch.long), (1, 3, 0, 2), 5)
+    >>> painted[0, 1:3, 0:2].unique().tolist()
     [5]
 """
 
@@ -45,7 +46,8 @@ def seg2depth_of_labels(model, labels: torch.Tensor, confidence: float = 0.8) ->
     model.eval()
     device = next(model.parameters()).device
     k = model.num_classes
-    scale = math.log(confidence * (k - 1) / (1 - confidence))  # softmax(scale * one_hot) = confidence
+    # softmax(scale * one_hot) = confidence
+    scale = math.log(confidence * (k - 1) / (1 - confidence))
     one_hot = torch.nn.functional.one_hot(labels.clamp_min(0).to(device), k)
     return model.transfer["seg2depth"](scale * one_hot.permute(0, 3, 1, 2).float())
 
@@ -72,6 +74,7 @@ def gradient_reach(model, criterion, batch: Mapping[str, torch.Tensor],
     for part in PARTS:
         grads = [p.grad for name, p in model.named_parameters()
                  if name.startswith(part + ".") and p.grad is not None]
-        norms[part] = float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads))) if grads else 0.0
+        norms[part] = (float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads)))
+                       if grads else 0.0)
     model.zero_grad(set_to_none=True)
     return norms

@@ -14,8 +14,10 @@ than one protocol, :func:`side_by_side` shows them in separate column blocks, an
 :func:`beside_published` puts published rows only beside runs of their protocol and dataset.
 
 Example:
-    >>> rows = [{"name": "a", "method": "mtl", "cross_task": "-", "seed": 0, "metrics": {"miou": 0.5}},
-    ...         {"name": "b", "method": "mtl", "cross_task": "-", "seed": 1, "metrics": {"miou": 0.7}}]
+    >>> rows = [{"name": "a", "method": "mtl", "cross_task": "-", "seed": 0,
+    ...          "metrics": {"miou": 0.5}},
+    ...         {"name": "b", "method": "mtl", "cross_task": "-", "seed": 1,
+    ...          "metrics": {"miou": 0.7}}]
     >>> g = aggregate(rows)[0]
     >>> round(g["mean"]["miou"], 3), round(g["std"]["miou"], 3), g["n"], g["protocol"]
     (0.6, 0.141, 2, 'xtc')
@@ -29,6 +31,9 @@ import math
 from pathlib import Path
 from typing import Any, Iterable
 
+from xtc import files
+from xtc.config import SHORTCUTS
+from xtc.errors import MissingFileError
 from xtc.results import FILENAME
 
 METRICS = ("miou", "pixel_acc", "abs_err", "rel_err")  # the paper's two tasks; table_metrics(rows)
@@ -42,9 +47,8 @@ DEFAULT_PROTOCOL = "xtc"  # runs written before results.json named its protocol
 PROTOCOL_FIRST = ("name", "model_selection", "reported_metrics")  # printed first by protocol_text
 DM_METRIC, DM_TASK = "Δm% metric-wt (lower better)", "Δm% task-wt (lower better)"
 # Short names a row carries, and the results.json params they come from.
-FIELDS = {"method": "model.method", "cross_task": "loss.cross_task", "seed": "train.seed",
-          "lambda1": "loss.lambda1", "lambda2": "loss.lambda2", "weighting": "loss.weighting",
-          "dataset": "data.name"}
+ROW_FIELDS = ("method", "cross_task", "seed", "lambda1", "lambda2", "weighting", "dataset")
+FIELDS = {name: SHORTCUTS[name].key for name in ROW_FIELDS}
 
 
 def _metrics(metrics: Iterable[str] | None, rows_or_groups: Iterable[dict]) -> tuple[str, ...]:
@@ -100,14 +104,10 @@ def collect(source: str | Path | Iterable[str | Path], split: str = "test",
         if problems is not None:
             problems.append({"path": str(path), "reason": reason})
 
-    def kind(value: Any) -> str:  # JSON's names, as a user reading the file sees them
-        return {list: "array", str: "string", bool: "boolean", int: "number", float: "number",
-                type(None): "null", dict: "object"}.get(type(value), type(value).__name__)
-
     if isinstance(source, (str, Path)):
         root = Path(source)
         if not root.exists():
-            raise FileNotFoundError(f"runs folder {root} does not exist; train runs first "
+            raise MissingFileError(f"runs folder {root} does not exist; train runs first "
                                     f"(notebooks/02_train.ipynb or `xtc sweep FILE`)")
         paths = (sorted(p for p in root.rglob(FILENAME)
                         if not any(part.startswith(".") for part in p.relative_to(root).parts[:-1]))
@@ -116,30 +116,20 @@ def collect(source: str | Path | Iterable[str | Path], split: str = "test",
         paths = [Path(p) / FILENAME if Path(p).is_dir() else Path(p) for p in source]
     rows = []
     for path in paths:
-        try:
-            text = path.read_text()
-        except (OSError, UnicodeDecodeError) as exc:
-            skip(path, f"cannot be read ({type(exc).__name__})")
-            continue
-        try:
-            doc = json.loads(text)
-        except json.JSONDecodeError as exc:
-            skip(path, f"is not valid JSON ({exc.msg} at line {exc.lineno}): truncated or edited"
-                 if text.strip() else "is empty (truncated)")
-            continue
-        if not isinstance(doc, dict):
-            skip(path, f"holds a JSON {kind(doc)}, not an object")
+        doc, why = files.read_json(path)
+        if doc is None:
+            skip(path, why or "does not exist")
             continue
         metrics = doc.get("metrics")
         if not isinstance(metrics, dict):
             skip(path, "has no 'metrics' object" if metrics is None
-                 else f"its 'metrics' is a JSON {kind(metrics)}, not an object")
+                 else f"its 'metrics' is a JSON {files.json_type(metrics)}, not an object")
             continue
         section = metrics.get(split)
         if isinstance(section, dict):
             rows.append(row_from_results(doc, path.parent, split))
         elif split in metrics:
-            skip(path, f"its metrics.{split} is a JSON {kind(section)}, not an object")
+            skip(path, f"its metrics.{split} is a JSON {files.json_type(section)}, not an object")
         elif isinstance(doc.get("split"), str) and doc["split"] != split:
             continue  # an evaluation of another split (xtc evaluate --split val)
         elif metrics and not {"train", "val", "test"} & set(metrics):
@@ -166,8 +156,8 @@ def row_from_results(doc: dict, run_dir: str | Path, split: str = "test") -> dic
     row["metrics"] = {k: float(v) for k, v in section.items()
                       if isinstance(v, (int, float)) and not isinstance(v, bool)
                       and math.isfinite(v)}
-    row.update(params=params, protocol=doc.get("protocol") if isinstance(doc.get("protocol"), dict) else {},
-               wall_time_s=doc.get("wall_time_s"))
+    protocol = doc.get("protocol") if isinstance(doc.get("protocol"), dict) else {}
+    row.update(params=params, protocol=protocol, wall_time_s=doc.get("wall_time_s"))
     return row
 
 
@@ -196,7 +186,8 @@ def check_one_protocol(rows_or_groups: Iterable[dict], what: str = "a comparison
         raise ValueError(
             f"{what} refuses runs of different protocols ({', '.join(names)}): they select and "
             f"report differently, so their numbers never share a ranking. Keep one protocol "
-            f"(summary.by_protocol(rows)[{names[0]!r}]) or show them with summary.side_by_side(rows)")
+            f"(summary.by_protocol(rows)[{names[0]!r}]) or show them with "
+            f"summary.side_by_side(rows)")
     return names[0] if names else None
 
 
@@ -269,7 +260,8 @@ def aggregate(rows: list[dict], group_by: Iterable[str] = ("method", "cross_task
                      "n": len(members),
                      "seeds": sorted({r["seed"] for r in members if r.get("seed") is not None}),
                      "runs": [r["name"] for r in members], "mean": {}, "std": {},
-                     "delta_m": None, "delta_m_std": None, "delta_m_task": None, "delta_m_task_std": None}
+                     "delta_m": None, "delta_m_std": None,
+                     "delta_m_task": None, "delta_m_task_std": None}
             for m in metrics:
                 values = [r["metrics"][m] for r in members if m in r["metrics"]]
                 if values:
@@ -282,7 +274,8 @@ def aggregate(rows: list[dict], group_by: Iterable[str] = ("method", "cross_task
 
 
 CROSS_TASK_FIELDS = ("cross_task", "lambda1", "lambda2", "transfer_detach_input")  # xtc only
-AUTO_FIELDS = ("lambda1", "lambda2", "model.transfer_detach_input")  # added by grouping() when they vary
+# added by grouping() when they vary
+AUTO_FIELDS = ("lambda1", "lambda2", "model.transfer_detach_input")
 
 
 def _short(field: str) -> str:
@@ -291,7 +284,9 @@ def _short(field: str) -> str:
 
 
 def _number(value: Any) -> str:
-    return f"{value:g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"{value:g}"
+    return str(value)
 
 
 def group_label(group: dict, group_by: Iterable[str] = ("method", "cross_task")) -> str:
@@ -318,7 +313,8 @@ def group_label(group: dict, group_by: Iterable[str] = ("method", "cross_task"))
     detach = values.pop("transfer_detach_input", None)
     if xtc_like:
         if l1 is not None and l2 is not None:
-            extra += [f"λ={_number(l1)}"] if l1 == l2 else [f"λ1={_number(l1)}", f"λ2={_number(l2)}"]
+            extra += ([f"λ={_number(l1)}"] if l1 == l2
+                      else [f"λ1={_number(l1)}", f"λ2={_number(l2)}"])
         elif l1 is not None or l2 is not None:
             extra.append(f"λ1={_number(l1)}" if l1 is not None else f"λ2={_number(l2)}")
         if detach is True or str(detach).lower() == "true":
@@ -326,7 +322,8 @@ def group_label(group: dict, group_by: Iterable[str] = ("method", "cross_task"))
     for f in group_by:  # any other field, in group_by order
         name = _short(f)
         if name in values:
-            extra.append(f"{name} {_number(values[name])}" if name == "seed" else f"{name}={_number(values[name])}")
+            extra.append(f"{name} {_number(values[name])}" if name == "seed"
+                         else f"{name}={_number(values[name])}")
     return ", ".join([head] * bool(head) + extra) or "all runs"
 
 
@@ -362,7 +359,8 @@ def grouping(rows: Iterable[dict], base: Iterable[str] = ("method", "cross_task"
         out.insert(1, "tasks")
     for f in optional:
         for proto_rows in by_protocol(rows).values():
-            seen = {json.dumps(_key(r, f), default=str) for r in proto_rows if r.get("method") == "xtc"}
+            seen = {json.dumps(_key(r, f), default=str) for r in proto_rows
+                    if r.get("method") == "xtc"}
             if len(seen) > 1 and f not in out:
                 out.append(f)
     return out
@@ -385,7 +383,8 @@ def _dm_cells(g: dict) -> dict[str, str]:
 
 
 def _metric_cells(g: dict, metrics: tuple[str, ...], digits: int) -> dict[str, str]:
-    return {LABELS.get(m, m): _cell(g["mean"][m], g["std"][m], g["n"], digits) if m in g["mean"] else ""
+    return {LABELS.get(m, m): (_cell(g["mean"][m], g["std"][m], g["n"], digits)
+                               if m in g["mean"] else "")
             for m in metrics}
 
 
@@ -416,7 +415,8 @@ def side_by_side(rows: list[dict], group_by: Iterable[str] = ("method", "cross_t
         row = {f: str(v) for f, v in zip(group_by, key)}
         for p in protocols:
             g = index.get((p, key))
-            cells = {"n": "0", **{LABELS.get(m, m): "" for m in metrics}, DM_METRIC: "", DM_TASK: ""}
+            cells = {"n": "0", **{LABELS.get(m, m): "" for m in metrics},
+                     DM_METRIC: "", DM_TASK: ""}
             if g is not None:
                 cells = {"n": str(g["n"]), **_metric_cells(g, metrics, digits), **_dm_cells(g)}
             row.update({f"{p}: {c}": v for c, v in cells.items()})
@@ -436,7 +436,7 @@ def published_refusal(rows: list[dict], name: str) -> str | None:
     They can when every run used the table's protocol (``mtan``) and dataset: Cityscapes with
     ``data.classes`` 7 for ``cityscapes-7``, NYUv2 (always 13 classes) for ``nyuv2-3task``.
     """
-    from xtc import published
+    from xtc.analysis import published
 
     meta = published.info(name)
     want = meta["protocol"]["name"]
@@ -446,18 +446,20 @@ def published_refusal(rows: list[dict], name: str) -> str | None:
     if set(protocols) != {want}:
         other = ", ".join(f"{p} ({len(rs)} runs)" for p, rs in protocols.items() if p != want)
         return (f"protocol differs: the published {name} rows use the {want} protocol (no model "
-                f"selection; reported = mean of the last 10 epochs' test metrics), but the runs use "
-                f"{other}; train with the {want} protocol or compare within one protocol")
+                f"selection; reported = mean of the last 10 epochs' test metrics), but the runs "
+                f"use {other}; train with the {want} protocol or compare within one protocol")
     wrong = sorted({f"{d} ({c} classes)" if d == "cityscapes" else d
                     for d, c in map(_dataset_of, rows)
                     if d != meta["dataset"] or (d == "cityscapes" and c != meta["classes"])})
     if wrong:
         target = f"{meta['dataset']} ({meta['classes']} classes)"
-        return f"dataset differs: the published {name} rows are {target}, runs use {', '.join(wrong)}"
+        return (f"dataset differs: the published {name} rows are {target}, "
+                f"runs use {', '.join(wrong)}")
     return None
 
 
-def beside_published(rows: list[dict], name: str, group_by: Iterable[str] = ("method", "cross_task"),
+def beside_published(rows: list[dict], name: str,
+                     group_by: Iterable[str] = ("method", "cross_task"),
                      metrics: Iterable[str] | None = None, digits: int = 4) -> list[dict]:
     """Our groups, then the published rows of ``name`` (same protocol only), one display table.
 
@@ -466,7 +468,7 @@ def beside_published(rows: list[dict], name: str, group_by: Iterable[str] = ("me
     its table's STL row; ``Δm% printed`` is the source's own value (over all its metrics, e.g.
     9 for NYUv2). The legacy per-image mIoU row is left out (another protocol).
     """
-    from xtc import published
+    from xtc.analysis import published
 
     reason = published_refusal(rows, name)
     if reason:
@@ -475,7 +477,8 @@ def beside_published(rows: list[dict], name: str, group_by: Iterable[str] = ("me
     printed = "Δm% printed (source's metrics)"
     table = []
     for g in aggregate(rows, group_by, metrics):
-        table.append({"row": f"ours: {group_label(g, group_by)}", "source": f"this workbench ({g['protocol']})",
+        table.append({"row": f"ours: {group_label(g, group_by)}",
+                      "source": f"this workbench ({g['protocol']})",
                       "n": str(g["n"]), **_metric_cells(g, metrics, digits), **_dm_cells(g),
                       printed: "", "notes": ""})
     for r in published.table(name):
@@ -483,15 +486,18 @@ def beside_published(rows: list[dict], name: str, group_by: Iterable[str] = ("me
             continue
         shown = {m: r["metrics"][m] for m in metrics if m in r["metrics"]}
         cells = {"row": r["method"], "source": r["source"], "n": "",
-                 **{LABELS.get(m, m): f"{r['metrics'][m]:.{digits}f}" if m in shown else "" for m in metrics},
+                 **{LABELS.get(m, m): f"{r['metrics'][m]:.{digits}f}" if m in shown else ""
+                    for m in metrics},
                  DM_METRIC: "", DM_TASK: "",
                  printed: "" if r["delta_m_printed"] is None else f"{r['delta_m_printed']:+.2f}"}
         if shown and not r["baseline"]:
             cells[DM_METRIC] = f"{published.recompute(name, r, metrics=tuple(shown)):+.2f}"
             cells[DM_TASK] = f"{published.recompute(name, r, 'task', metrics=tuple(shown)):+.2f}"
-        flags = [f for f, on in (("third-party", r["third_party"]), ("from memory", r["from_memory"])) if on]
+        flags = [f for f, on in (("third-party", r["third_party"]),
+                                 ("from memory", r["from_memory"])) if on]
         if len(shown) < len(metrics):
-            flags.append("missing " + ", ".join(LABELS.get(m, m) for m in metrics if m not in shown))
+            flags.append("missing " + ", ".join(LABELS.get(m, m) for m in metrics
+                                                if m not in shown))
         cells["notes"] = "; ".join(flags + ([r["note"]] if r["note"] else []))
         table.append(cells)
     return table
@@ -570,7 +576,8 @@ def protocol_text(rows: list[dict]) -> str:
     for k in keys:
         values: dict[str, list[str]] = {}
         for r in rows:
-            value = protocol_name(r) if k == "name" else (r.get("protocol") or {}).get(k, "(not recorded)")
+            value = (protocol_name(r) if k == "name"
+                     else (r.get("protocol") or {}).get(k, "(not recorded)"))
             values.setdefault(str(value), []).append(r["name"])
         label = "protocol name" if k == "name" else k
         if len(values) == 1:
@@ -588,13 +595,14 @@ def protocol_text(rows: list[dict]) -> str:
 
     trained = [t for t in delta_m_metrics() if t in table_metrics_tasks(rows)]
     base = ", ".join(f"stl-{t} for {'/'.join(delta_m_metrics()[t])}" for t in trained)
-    lines.append(f"- Δm (metric-weighted and task-weighted columns): {DELTA_M_CONVENTION} Baselines: "
-                 f"{base}, of the same protocol.")
+    lines.append(f"- Δm (metric-weighted and task-weighted columns): {DELTA_M_CONVENTION} "
+                 f"Baselines: {base}, of the same protocol.")
     return "\n".join(lines)
 
 
 def plot_tradeoff(groups: list[dict], seg: str = "miou", depth: str = "abs_err",
-                  group_by: Iterable[str] = ("method", "cross_task"), depth_units: str | None = None):
+                  group_by: Iterable[str] = ("method", "cross_task"),
+                  depth_units: str | None = None):
     """Scatter of seg vs depth metric per group with ±std error bars (matplotlib Figure).
 
     Axes name the metric, its unit (:func:`metric_unit`; ``depth_units`` for abs err, e.g.
@@ -611,9 +619,11 @@ def plot_tradeoff(groups: list[dict], seg: str = "miou", depth: str = "abs_err",
             ax.errorbar(g["mean"][depth], g["mean"][seg], xerr=g["std"][depth],
                         yerr=g["std"][seg], fmt="o", capsize=3,
                         label=f"{group_label(g, group_by)} (n={g['n']})")
-    ax.set_xlabel(f"{LABELS.get(depth, depth)}, {metric_unit(depth, depth_units)} (lower is better)")
+    ax.set_xlabel(f"{LABELS.get(depth, depth)}, {metric_unit(depth, depth_units)} "
+                  f"(lower is better)")
     ax.set_ylabel(f"{LABELS.get(seg, seg)}, {metric_unit(seg, depth_units)} (higher is better)")
-    ax.set_title(f"seg vs depth: mean ± sample std over seeds ({proto or 'no'} protocol)", fontsize=10)
+    ax.set_title(f"seg vs depth: mean ± sample std over seeds ({proto or 'no'} protocol)",
+                 fontsize=10)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
     else:
@@ -635,7 +645,8 @@ def depth_units(rows: Iterable[dict]) -> str:
     naming each with its run count, or ``units not recorded``."""
     counts: dict[str, int] = {}
     for r in rows:
-        u = (r.get("protocol") or {}).get("depth_units") if isinstance(r.get("protocol"), dict) else None
+        u = ((r.get("protocol") or {}).get("depth_units")
+             if isinstance(r.get("protocol"), dict) else None)
         if u is not None:
             counts[str(u)] = counts.get(str(u), 0) + 1
     if not counts:
@@ -658,7 +669,8 @@ def metric_header(metric: str, depth_units: str | None = None) -> str:
     from xtc.metrics import higher_is_better
 
     unit = metric_unit(metric, depth_units)
-    return f"{LABELS.get(metric, metric)}{f' ({unit})' if unit else ''} {'↑' if higher_is_better(metric) else '↓'}"
+    arrow = "↑" if higher_is_better(metric) else "↓"
+    return f"{LABELS.get(metric, metric)}{f' ({unit})' if unit else ''} {arrow}"
 
 
 DM_HEADERS = {DM_METRIC: "Δm% metric-wt (vs STL) ↓", DM_TASK: "Δm% task-wt (vs STL) ↓"}
@@ -711,18 +723,20 @@ def _with_values(rows: list[dict], group_by: tuple, metrics: tuple) -> list[tupl
         if common and not str(g.get("method")).startswith("stl-"):
             runs = [r for r in members if any(m in r["metrics"] for m in common)]
             for q, fn in (("delta_m", delta_m), ("delta_m_task", delta_m_task)):
-                values[q] = [fn({m: r["metrics"][m] for m in common if m in r["metrics"]}, base) for r in runs]
+                values[q] = [fn({m: r["metrics"][m] for m in common if m in r["metrics"]}, base)
+                             for r in runs]
         out.append((g, {q: v for q, v in values.items() if v}, common))
     return out
 
 
 def _test_pair(a: tuple, b: tuple, quantities: tuple) -> dict:
-    from xtc.significance import permutation_test
+    from xtc.analysis.significance import permutation_test
 
     (ga, va, dm_a), (gb, vb, dm_b) = a, b
     tests = {}
     for q in quantities:
-        if q in va and q in vb and (q not in QUANTITIES or dm_a == dm_b):  # Δm over the same metrics
+        # Δm over the same metrics
+        if q in va and q in vb and (q not in QUANTITIES or dm_a == dm_b):
             tests[q] = permutation_test(va[q], vb[q])
     return {"a": ga, "b": gb, "tests": tests,
             "smallest_p": smallest_p(ga["n"], gb["n"])}
@@ -734,7 +748,7 @@ def significance(rows: list[dict], group_by: Iterable[str] = ("method", "cross_t
     "tests": {quantity: permutation_test result}, "smallest_p"}``. Quantities: the per-run
     Δm% (``delta_m``, ``delta_m_task``; only between groups whose Δm uses the same metrics,
     so never for the STL groups) and each metric. Tests are exact two-sided permutation tests
-    of the per-run values (:func:`xtc.significance.permutation_test`), uncorrected for the
+    of the per-run values (:func:`xtc.analysis.significance.permutation_test`), uncorrected for the
     number of pairs."""
     group_by, metrics = tuple(group_by), _metrics(metrics, rows)
     rows = list(rows)
@@ -753,12 +767,13 @@ def _p(p: float) -> str:
 
 
 def significance_table(rows: list[dict], group_by: Iterable[str] = ("method", "cross_task"),
-                       metrics: Iterable[str] | None = None, depth_units: str | None = None) -> list[dict]:
+                       metrics: Iterable[str] | None = None,
+                       depth_units: str | None = None) -> list[dict]:
     """:func:`significance` as ONE compact display matrix: a row per pair of groups (A, B, n,
     the smallest p those n allow), a column per quantity with ``p=…, d=…`` (Cohen's d of A
     minus B; the header's ↑/↓ says which sign is better) and ``✓`` where p < 0.05; empty
     where the pair does not share the quantity."""
-    from xtc.significance import ALPHA
+    from xtc.analysis.significance import ALPHA
 
     group_by, metrics = tuple(group_by), _metrics(metrics, rows)
     heads = {**{q: f"{Q_LABELS[q]} ↓" for q in QUANTITIES},
@@ -786,7 +801,7 @@ def verdict(rows: list[dict], group_by: Iterable[str] = ("method", "cross_task")
     and the runner-up are resolved by the seeds (exact permutation test of per-run Δm% and
     of each metric, p < 0.05), saying plainly where they are not and the smallest p the seed
     counts allow. Nothing is compared across protocols."""
-    from xtc.significance import ALPHA
+    from xtc.analysis.significance import ALPHA
 
     group_by, metrics = tuple(group_by), _metrics(metrics, rows)
     rows = list(rows)
@@ -800,8 +815,8 @@ def verdict(rows: list[dict], group_by: Iterable[str] = ("method", "cross_task")
         ranked = [h for h in have if h[0]["delta_m"] is not None
                   and not str(h[0].get("method")).startswith("stl-")]
         if not ranked:
-            paras.append(prefix + "no Δm: these runs have no multi-task group with stl-seg and stl-depth "
-                         "baselines of this protocol, so there is no ranking to state.")
+            paras.append(prefix + "no Δm: these runs have no multi-task group with stl-seg and "
+                         "stl-depth baselines of this protocol, so there is no ranking to state.")
             continue
         label = lambda h: group_label(h[0], group_by)  # noqa: E731
         dm = lambda g, k: f"{g[k]:+.2f} ± {g[k + '_std']:.2f}" if g["n"] > 1 else f"{g[k]:+.2f}"  # noqa: E731
@@ -814,11 +829,13 @@ def verdict(rows: list[dict], group_by: Iterable[str] = ("method", "cross_task")
             text[0] += f"; it also has the best task-weighted Δm% ({dm(g, 'delta_m_task')} %)."
         else:
             gt = best_task[0]
-            text[0] += (f"; best task-weighted Δm%: {label(best_task)} ({dm(gt, 'delta_m_task')} %, "
-                        f"n={gt['n']}): the two weightings disagree on the winner.")
+            text[0] += (f"; best task-weighted Δm%: {label(best_task)} "
+                        f"({dm(gt, 'delta_m_task')} %, n={gt['n']}): the two weightings disagree "
+                        f"on the winner.")
         refs = [h for h in have if h[0].get("method") == "mtl"]
         refs += [h for h in have if control_kind(h[0])]
-        others = sorted((h for h in ranked if h is not best), key=lambda h: (h[0]["delta_m"], label(h)))
+        others = sorted((h for h in ranked if h is not best),
+                        key=lambda h: (h[0]["delta_m"], label(h)))
         refs += others[:1]
         seen = []
         for h in refs:
@@ -833,9 +850,9 @@ def verdict(rows: list[dict], group_by: Iterable[str] = ("method", "cross_task")
         if not seen:
             text.append("There is no mtl, control or second multi-task group to test it against.")
         paras.append(prefix + " ".join(text))
-    paras.append("Tests: exact two-sided permutation tests of per-run values (Δm% and each metric), "
-                 "resolved = p < 0.05, d = Cohen's d of the best group minus the other; no correction "
-                 "for the several comparisons made here.")
+    paras.append("Tests: exact two-sided permutation tests of per-run values (Δm% and each "
+                 "metric), resolved = p < 0.05, d = Cohen's d of the best group minus the other; "
+                 "no correction for the several comparisons made here.")
     return "\n\n".join(paras)
 
 
@@ -858,5 +875,6 @@ def _against(pair: dict, who: str, metrics: tuple, alpha: float) -> str:
     if open_:
         out += (f"not resolved by {n_a} vs {n_b} seeds for " + ", ".join(open_)
                 + f" (smallest possible p with {n_a} vs {n_b} is {_p(floor)}"
-                + (f", so {n_a} vs {n_b} seeds can never reach p < {alpha:g})." if floor >= alpha else ")."))
+                + (f", so {n_a} vs {n_b} seeds can never reach p < {alpha:g})."
+                   if floor >= alpha else ")."))
     return out

@@ -1,4 +1,4 @@
-"""The paper's two claims as measured quantities (paper-spec §4.3; anchors.md §5 item 2).
+"""The paper's two claims as measured quantities (docs/method.md §4.3).
 
 Pure computation (torch + numpy; figures live in ``xtc.viz.alignment_plots``):
 
@@ -178,16 +178,6 @@ def auroc(scores, labels) -> float:
 
 
 # ----------------------------------------------------------------------------- energy vs error
-def _valid(task: str, spec, batch: Mapping[str, torch.Tensor]) -> Optional[torch.Tensor]:
-    """(B,H,W) bool: where ``task`` has ground truth (``Task.valid``; depth also needs a
-    positive target); None: every pixel."""
-    valid = spec.valid(batch)
-    if task == "depth" and "depth_target" in batch:
-        positive = batch["depth_target"] > 0
-        valid = positive if valid is None else valid.bool() & positive
-    return None if valid is None else valid.reshape(valid.shape[0], *valid.shape[-2:]).bool()
-
-
 @torch.no_grad()
 def energy_maps(model, batch: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
     """Numpy maps of one batch, for plotting: ``image`` (B,H,W,3); for every task t of the
@@ -201,21 +191,16 @@ def energy_maps(model, batch: Mapping[str, torch.Tensor]) -> dict[str, np.ndarra
     ``depth2seg_energy`` = ``seg_energy``). The model must be an ``xtc`` model (it needs
     the transferred predictions); it is left in eval mode.
     """
+    from xtc.analysis.predictions import error_maps, predict_batch, task_specs
     from xtc.metrics import consistency_energy_maps, edge_energy_maps
-    from xtc.tasks import TASKS
 
     if getattr(model, "transfer", None) is None:
         raise ValueError("energy maps need an xtc model (with transfer nets such as "
                          "seg2depth / depth2seg); this model has none: train with "
                          "model.method=xtc")
-    model.eval()
-    device = next(model.parameters()).device
-    batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-    images = batch["image"]
-    predictions = {k: v.float() for k, v in model(images).items()}
-    specs = getattr(model, "specs", None) or {t: TASKS.get(t)(model.num_classes)
-                                              for t in model.tasks}
-    out = {"image": images.permute(0, 2, 3, 1)}
+    batch, predictions = predict_batch(model, batch)
+    specs = task_specs(model)
+    out = {"image": batch["image"].permute(0, 2, 3, 1)}
     for task in model.tasks:
         spec, pred = specs[task], predictions[task]
         if task == "seg":
@@ -226,13 +211,8 @@ def energy_maps(model, batch: Mapping[str, torch.Tensor]) -> dict[str, np.ndarra
         else:
             out[f"{task}_pred"] = torch.nn.functional.normalize(pred, dim=1).permute(0, 2, 3, 1)
             out[f"{task}_target"] = spec.target(batch).float().permute(0, 2, 3, 1)
-        try:
-            error = spec.error_map(pred, batch).float()
-        except NotImplementedError:  # a task without an error map has no error to detect
-            continue
-        valid = _valid(task, spec, batch)
-        out[f"{task}_error"] = error if valid is None else torch.where(
-            valid, error, torch.full_like(error, float("nan")))
+    for task, error in error_maps(predictions, batch, specs).items():
+        out[f"{task}_error"] = error
     for task, energy in consistency_energy_maps(predictions).items():
         out[f"{task}_energy"] = energy
     for name, energy in edge_energy_maps(predictions).items():

@@ -105,7 +105,8 @@ def fit_cost_model(rows: Sequence[dict]) -> dict:
     ones): the per-step overhead and the marginal cost of a megapixel, with the largest
     relative error of the fit (large = cost is not linear in pixels on this device)."""
     if len({r["batch_size"] * r["height"] * r["width"] for r in rows}) < 2:
-        raise ValueError("fit_cost_model needs rows with at least two different batch x pixel counts")
+        raise ValueError("fit_cost_model needs rows with at least two different batch x pixel "
+                         "counts")
     mpx = torch.tensor([r["batch_size"] * r["height"] * r["width"] / 1e6 for r in rows],
                        dtype=torch.float64)
     ms = torch.tensor([r["ms_per_step"] for r in rows], dtype=torch.float64)

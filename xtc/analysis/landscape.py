@@ -1,4 +1,4 @@
-"""Loss landscapes of the multi-term xtc objective (paper-spec §4, anchors.md §1.9 / §5 item 4).
+"""Loss landscapes of the multi-term xtc objective (docs/method.md §4).
 
 Pure computation (torch + numpy, no plotting; figures live in ``xtc.viz.landscape_plots``):
 
@@ -32,7 +32,8 @@ Examples:
     >>> import torch
     >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
     >>> d = filter_normalized_direction(net, seed=0)
-    >>> bool(torch.allclose(d["0.weight"].flatten(1).norm(dim=1), net[0].weight.flatten(1).norm(dim=1)))
+    >>> bool(torch.allclose(d["0.weight"].flatten(1).norm(dim=1),
+    ...                     net[0].weight.flatten(1).norm(dim=1)))
     True
     >>> float(d["1.weight"].abs().sum()), float(d["0.bias"].abs().sum())  # BN and bias: ignored
     (0.0, 0.0)
@@ -148,8 +149,8 @@ def grid_coordinates(grid: Union[int, Sequence[float]], span: float = 1.0) -> np
 
 # ----------------------------------------------------------------------------- sweeps
 def interpolate(model_a: nn.Module, target: Union[nn.Module, Mapping[str, torch.Tensor]],
-                batches: Sequence[dict], criterion: Callable, alphas: Union[int, Sequence[float]] = 9,
-                bn: str = "eval") -> Curve:
+                batches: Sequence[dict], criterion: Callable,
+                alphas: Union[int, Sequence[float]] = 9, bn: str = "eval") -> Curve:
     """Losses along a line: theta(alpha) = (1-alpha) theta_a + alpha theta_b for a second model
     ``target`` (same architecture), or theta_a + alpha d for a direction ``target``.
 
@@ -260,7 +261,7 @@ def _curvature(t: np.ndarray, z: np.ndarray, radius: Optional[float]) -> float:
     return float(2 * np.polyfit(t[keep], z[keep], 2)[0])
 
 
-# ----------------------------------------------------------------------------- helpers for notebooks
+# ---------------------------------------------------------------------- helpers for notebooks
 def landscape_criterion(cfg: Any):
     """The criterion of ``cfg`` with ``loss.weighting=fixed``: ``total`` = L_S + L_D, free of
     learnt weighting parameters, so totals are comparable between runs and checkpoints."""
@@ -341,7 +342,8 @@ def preserved(model: nn.Module):
     buffers, train/eval mode and BN momenta exactly on exit."""
     saved = {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()}
     modes = {m: m.training for m in model.modules()}
-    momenta = {m: m.momentum for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+    momenta = {m: m.momentum for m in model.modules()
+               if isinstance(m, nn.modules.batchnorm._BatchNorm)}
     try:
         yield saved
     finally:
