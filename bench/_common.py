@@ -120,6 +120,18 @@ def machine_info() -> dict:
             "load_average": list(os.getloadavg())}
 
 
+TINY_CONFIG = ROOT / "configs" / "tiny.yaml"
+
+
+def config_path(args, default: Path | None) -> Path | None:
+    """The config a bench starts from: ``--config`` when given, else ``configs/tiny.yaml``
+    under ``--quick`` (the smoke size the notebooks and tests start from too), else the
+    bench's own default (``None``: the paper's defaults)."""
+    if getattr(args, "config", None):
+        return Path(args.config)
+    return TINY_CONFIG if args.quick else default
+
+
 def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--json", action="store_true", help="print one JSON object to stdout")

@@ -87,8 +87,8 @@ DEFAULT_EDGES8 = "seg2depth,seg2normal,depth2seg,depth2normal,normal2depth"
 # backward), so upgrad-autogram is measured only in fp32 (--set train.precision=bf16 skips it).
 COMMON_OVERRIDES = ["model.method=xtc", "loss.weighting=fixed", "train.grad_stats_every=0",
                     "train.precision=fp32"]
-QUICK_OVERRIDES = ["model.encoder=resnet18", "model.decoder_width=8", "model.transfer_width=8",
-                   "data.height=32", "data.width=64", "train.batch_size=2"]
+QUICK_OVERRIDES = ["data.height=32", "data.width=64", "model.decoder_width=8",
+                   "train.batch_size=2"]  # on top of configs/tiny.yaml (--quick's config)
 MMAP_THRESHOLD = "65536"  # bytes; fixed, so glibc does not raise it and keep freed tensors
 
 
@@ -531,7 +531,7 @@ def human(r: dict) -> str:
 
 def main(argv=None) -> dict | None:
     p = _common.parser(__doc__.splitlines()[0])
-    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config (synthetic-quick)")
+    p.add_argument("--config", help="YAML config (default synthetic-quick; --quick: tiny)")
     p.add_argument("--set", action="append", help="section.key=value override (repeatable)")
     p.add_argument("--height", type=int)
     p.add_argument("--width", type=int)
@@ -556,6 +556,7 @@ def main(argv=None) -> dict | None:
     if args.memory_worker:
         memory_worker(args)
         return None
+    args.config = str(_common.config_path(args, DEFAULT_CONFIG))
     args.repeats = args.repeats or (1 if args.quick else 5)
     if args.quick:
         args.warmup = 0  # the first step has warmed the shapes up; numbers mean nothing

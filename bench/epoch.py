@@ -39,6 +39,7 @@ from xtc.train import TrainingState, build_experiment, train_one_epoch  # noqa: 
 
 CITYSCAPES_TRAIN_IMAGES = 2975
 TARGET_S = 10.0
+PAPER_CONFIG = _common.ROOT / "configs" / "cityscapes-paper.yaml"
 
 
 def make_config(args, device: torch.device) -> xconfig.Config:
@@ -48,10 +49,10 @@ def make_config(args, device: torch.device) -> xconfig.Config:
         overrides += ["data.name=cityscapes", f"data.root={args.data_root}"]
     else:
         images = args.images or (CITYSCAPES_TRAIN_IMAGES if device.type == "cuda" else 32)
-        overrides += ["data.name=synthetic-city", "data.height=128", "data.width=256",
-                      f"data.train_size={8 if args.quick else images}"]
+        overrides += ["data.name=synthetic-city", f"data.train_size={8 if args.quick else images}"]
+        overrides += [] if args.quick else ["data.height=128", "data.width=256"]
     overrides += QUICK_OVERRIDES if args.quick else []
-    return xconfig.load(args.config, overrides + (args.set or []))
+    return xconfig.load(_common.config_path(args, PAPER_CONFIG), overrides + (args.set or []))
 
 
 def run(args) -> dict:
@@ -128,7 +129,7 @@ def human(r: dict) -> str:
 
 def main(argv=None) -> dict:
     p = _common.parser(__doc__.splitlines()[0])
-    p.add_argument("--config", default=str(_common.ROOT / "configs" / "cityscapes-paper.yaml"))
+    p.add_argument("--config", help="YAML config (default cityscapes-paper; --quick: tiny)")
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
                    help="config override (repeatable)")
     p.add_argument("--data-root", help="Cityscapes in the MTAN layout (default: synthetic city)")

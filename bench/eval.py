@@ -160,11 +160,9 @@ def run(args) -> dict:
     log = lambda m: _common.log(m, args.json)  # noqa: E731
     torch.manual_seed(args.seed)
     overrides = []
-    if args.quick:
-        overrides = ["model.encoder=resnet18", "model.decoder_width=32", "model.transfer_width=16"]
-    elif args.small:
+    if args.small and not args.quick:
         overrides = ["model.encoder=resnet18", "model.decoder_width=64", "model.transfer_width=32"]
-    cfg = xconfig.load(None, overrides)
+    cfg = xconfig.load(_common.TINY_CONFIG if args.quick else None, overrides)
     H, W = (64, 128) if args.quick else (args.height, args.width)
     n_images = 4 if args.quick else args.images
     B = 2 if args.quick else args.batch_size

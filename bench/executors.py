@@ -29,11 +29,8 @@ import yaml  # noqa: E402
 from _common import ROOT, emit, log, machine_info, median, parser  # noqa: E402
 
 SCRIPT = ROOT / "tools" / "slurm-local.sh"
-PARAMETERS = {"config": "configs/synthetic-quick.yaml", "device": "cpu", "epochs": 2,
-              "max_steps_per_epoch": 3, "n_gallery": 1,
-              "overrides": {"data.height": 64, "data.width": 64, "data.train_size": 24,
-                            "data.test_size": 8, "model.encoder": "resnet18",
-                            "model.decoder_width": 16, "model.transfer_width": 8}}
+PARAMETERS = {"config": "configs/tiny.yaml", "device": "cpu", "epochs": 2,
+              "max_steps_per_epoch": 3, "n_gallery": 1}
 RUNS = [{"method": "stl-seg", "seed": 0}, {"method": "mtl", "seed": 0},
         {"method": "xtc", "cross_task": "consistency", "seed": 0}]
 

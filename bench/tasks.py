@@ -55,8 +55,8 @@ WORKER = Path(__file__).resolve().parent / "_tasks_worker.py"
 REFERENCE = "xtc-2task"
 TWO, THREE = ["seg", "depth"], ["seg", "depth", "normal"]
 DEFAULT_SUBSET = "seg2depth,depth2seg,depth2normal,normal2depth"
-QUICK_OVERRIDES = ["model.encoder=resnet18", "model.decoder_width=8", "model.transfer_width=8",
-                   "data.height=32", "data.width=64", "train.batch_size=2"]
+QUICK_OVERRIDES = ["data.height=32", "data.width=64", "model.decoder_width=8",
+                   "train.batch_size=2"]  # on top of configs/tiny.yaml (--quick's config)
 PAPER_OVERRIDES = ["model.encoder=resnet34", "model.decoder_width=128",
                    "model.transfer_width=64", "data.height=128", "data.width=256",
                    "train.batch_size=8"]
@@ -381,7 +381,7 @@ def human(r: dict) -> str:
 
 def main(argv=None) -> dict:
     p = _common.parser(__doc__.splitlines()[0])
-    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config (synthetic-quick)")
+    p.add_argument("--config", help="YAML config (default synthetic-quick; --quick: tiny)")
     p.add_argument("--set", action="append", help="section.key=value override (repeatable)")
     p.add_argument("--paper", action="store_true",
                    help="the paper's size: resnet34, 128x256, batch 8, widths 128/64")
@@ -405,6 +405,7 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    args.config = str(_common.config_path(args, DEFAULT_CONFIG))
     args.repeats = args.repeats or (2 if args.quick else 10)
     args.baseline_rounds = args.baseline_rounds or args.repeats
     if args.quick:  # the FLOP-counting step has warmed the shapes up; numbers mean nothing

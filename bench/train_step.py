@@ -52,8 +52,7 @@ VARIANTS = {  # name: (precision, channels_last, compile)
 # through a 34-layer encoder + decoders), fp32 layouts agree to ~1e-6
 SANE_LOSS_REL = 0.01
 SANE_GRAD_COSINE = 0.9
-QUICK_OVERRIDES = ["model.encoder=resnet18", "model.decoder_width=32", "model.transfer_width=16",
-                   "data.height=64", "data.width=128", "train.batch_size=2"]
+QUICK_OVERRIDES = ["train.batch_size=2"]  # on top of configs/tiny.yaml (--quick's config)
 
 
 def make_config(args) -> xconfig.Config:
@@ -65,7 +64,7 @@ def make_config(args) -> xconfig.Config:
     if args.width:
         overrides.append(f"data.width={args.width}")
     overrides += args.set or []
-    cfg = xconfig.load(args.config, overrides)
+    cfg = xconfig.load(_common.config_path(args, None), overrides)
     cfg.train.device = "cpu" if not torch.cuda.is_available() else cfg.train.device
     return cfg
 
