@@ -30,8 +30,12 @@ def _dry_run(target: str, *args: str, makefile: Path | None = None) -> list[str]
     """The commands ``make -n TARGET`` in the repository root would run (none is run; only
     ``$(shell ...)`` expansions are). ``VENV=/nonexistent``: the set-up steps always show."""
     makefile = makefile or ROOT / "Makefile"
-    proc = subprocess.run(["make", "-n", "-f", str(makefile), target, "VENV=/nonexistent", *args],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    # Under `make test` the outer make's MAKEFLAGS/MAKELEVEL reach this make, which then
+    # prints "make[1]: Entering directory" lines around its commands: run it as a top level.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    proc = subprocess.run(["make", "-n", "--no-print-directory", "-f", str(makefile), target,
+                           "VENV=/nonexistent", *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, f"make -n {target}: rc {proc.returncode}: {proc.stderr}"
     return proc.stdout.splitlines()
 
