@@ -24,8 +24,9 @@ its chain rule through nested features counts the deeper paths twice (the early 
 rows came out 5-50% off; tests/test_aggregation.py checks the Jacobian against plain
 autograd). TorchJD's Gramian engine (``autogram``, ``batch_dim=None`` because of the
 encoder's BatchNorm) gives the same step for Gramian-based aggregators without holding the
-K x P Jacobian: less memory, not faster here at 8-9 objectives (bench/aggregators.py
-compares the two; not yet an option of xtc).
+K x P Jacobian: less step memory from 4 objectives on, faster from 4 on and slower at 2
+(bench/RESULTS.md section 13). Not an option of xtc yet: TorchJD 0.18's engine fails under
+bf16 autocast, and under DDP the Jacobian rows are averaged before aggregation.
 Decoders and transfer nets are task-specific: they get the sum of their objectives'
 gradients from the same backward passes, as in plain gradient descent.
 
