@@ -13,7 +13,6 @@ old_tree=$(mktemp -d /tmp/xtc-before-XXXXXX)
 out=$(mktemp -d /tmp/xtc-before-after-runs-XXXXXX)
 trap 'git -C "$here" worktree remove --force "$old_tree" > /dev/null 2>&1 || true; rm -rf "$out"' EXIT
 git -C "$here" worktree add --detach -f "$old_tree" "$old_rev" > /dev/null 2>&1
-declare -A total=([old]=0 [new]=0)
 for round in $(seq 1 "$rounds"); do
   for side in old new; do
     tree=$([ "$side" = old ] && echo "$old_tree" || echo "$here")
@@ -23,9 +22,15 @@ for round in $(seq 1 "$rounds"); do
         --out "$out/$side-$round" --set model.method=xtc --set train.epochs=2 \
         --set data.train_size=240 --set data.test_size=80 --set train.grad_cosine_every=4 \
         --set train.keep_checkpoints=best > "$out/$side-$round.log" 2>&1)
-    wall=$(echo "$(date +%s.%N) - $start" | bc)
-    total[$side]=$(echo "${total[$side]} + $wall" | bc)
-    echo "{\"side\": \"$side\", \"commit\": \"$(git -C "$tree" rev-parse --short HEAD)\", \"round\": $round, \"wall_s\": $wall}"
+    "$py" -c 'import json, sys, time; side, commit, rnd, start = sys.argv[1:]
+print(json.dumps({"side": side, "commit": commit, "round": int(rnd),
+                  "wall_s": round(time.time() - float(start), 2)}))' \
+        "$side" "$(git -C "$tree" rev-parse --short HEAD)" "$round" "$start" | tee -a "$out/runs.jsonl"
   done
 done
-echo "{\"old_mean_s\": $(echo "scale=2; ${total[old]} / $rounds" | bc), \"new_mean_s\": $(echo "scale=2; ${total[new]} / $rounds" | bc), \"new_over_old\": $(echo "scale=3; ${total[new]} / ${total[old]}" | bc)}"
+# the summary from the lines above (python, not bc: bc prints ".96", which is not JSON)
+"$py" -c 'import json, sys, statistics as st
+rows = [json.loads(line) for line in open(sys.argv[1])]
+mean = {s: st.fmean(r["wall_s"] for r in rows if r["side"] == s) for s in ("old", "new")}
+print(json.dumps({"old_mean_s": round(mean["old"], 2), "new_mean_s": round(mean["new"], 2),
+                  "new_over_old": round(mean["new"] / mean["old"], 3)}))' "$out/runs.jsonl"
