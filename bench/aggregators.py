@@ -27,14 +27,14 @@ process CPU time (``cpu_ms_per_step``, ``cpu_ratio_to_none``: steadier when othe
 share the cores). **Target**: an aggregator step costs at most (K + 1)x the scalarised step for
 K objectives (``target``).
 
-**Gramian engine.** For UPGrad also ``upgrad-autogram``: TorchJD's
-``torchjd.autogram.Engine(model.encoder, batch_dim=None)`` (the encoder's BatchNorm forbids
-``batch_dim=0``) computes the Gramian J J^T of the objectives on the encoder, then
-``UPGradWeighting`` gives the weights w and ``losses.backward(w)`` the update (on the encoder
-J^T w, UPGrad's direction; the decoders and transfer nets get the w-weighted sum of their
-objectives' gradients, where the autojac path gives them the plain sum). ``gramian_engine``
-says per setup which path is faster, and the cosine between the two paths' first-step encoder
-gradients (same weights and batch; ~1 when they agree).
+**Gramian engine.** Every aggregator runs with ``loss.aggregator_engine=autojac`` (the K x P
+Jacobian); UPGrad also as ``upgrad-autogram``, xtc's ``loss.aggregator_engine=autogram``
+(TorchJD's ``autogram.Engine`` on the encoder, ``batch_dim=None`` because of its BatchNorm:
+the Gramian J J^T, UPGrad's weights w from it, J^T w on the encoder and the summed objective
+gradients on the decoders and transfer nets, the autojac step's update).
+``gramian_engine`` says per setup which engine is faster, which one ``auto`` picks there, and
+the cosine between the two engines' first-step encoder gradients (same weights and batch; 1
+when they agree).
 
 **Memory** (``--no-memory`` skips it). On a CPU, the step's resident-memory high-water mark, in a
 subprocess (this script with ``--memory-worker``) started with ``MALLOC_MMAP_THRESHOLD_=65536``
@@ -71,6 +71,7 @@ import torch  # noqa: E402
 
 from xtc import config as xconfig  # noqa: E402
 from xtc.distributed import Context  # noqa: E402
+from xtc.losses.aggregation import choose_engine  # noqa: E402
 from xtc.analysis.profiling import synthetic_batch  # noqa: E402
 from xtc.runtime import git_commit, resolve_precision  # noqa: E402
 from xtc.tasks import TASKS, transfers_of  # noqa: E402
@@ -148,9 +149,10 @@ def make_config(args, setup: dict, candidate: str, device: torch.device) -> xcon
     aggregator = "upgrad" if candidate == AUTOGRAM else candidate
     overrides = base_overrides(args) + [
         f"model.tasks=[{', '.join(setup['tasks'])}]",
-        f"loss.objectives={setup['objectives']}",
-        # the Gramian path steps the plain criterion and does the aggregation itself
-        f"loss.aggregator={NONE if candidate == AUTOGRAM else aggregator}"]
+        f"loss.objectives={setup['objectives']}", f"loss.aggregator={aggregator}"]
+    if aggregator != NONE:  # each engine on its own, whatever auto would pick
+        overrides.append("loss.aggregator_engine="
+                         f"{'autogram' if candidate == AUTOGRAM else 'autojac'}")
     if setup["transfers"] is not None:
         overrides.append(f"model.transfers=[{', '.join(setup['transfers'])}]")
     cfg = xconfig.load(args.config, overrides)
@@ -182,33 +184,15 @@ class Candidate:
         self.edges = transfers_of(self.cfg)
         self.objectives = objective_names(self.criterion, self.mode)
         self.ctx = Context()
-        self.engine = self.weighting = None
-        if candidate == AUTOGRAM:
-            from torchjd.aggregation import UPGradWeighting
-            from torchjd.autogram import Engine
-
-            self.engine = Engine(self.model.encoder, batch_dim=None)
-            self.weighting = UPGradWeighting()
         self.first_grad = None  # the encoder gradient of the first step (agreement check)
 
     def step(self) -> None:
         optimizer = self.exp.optimizer
         terms = forward_losses(self.model, self.criterion, self.batch, self.device, self.cfg)
-        if self.engine is None:
-            if self.first_grad is None:
-                optimizer_step(terms, _Recorder(optimizer, self), self.criterion, self.ctx)
-            else:
-                optimizer_step(terms, optimizer, self.criterion, self.ctx)
-            return
-        optimizer.zero_grad(set_to_none=True)
-        objectives = self.criterion.objectives(terms, self.mode)
-        losses = torch.stack([objectives[n] for n in self.objectives])
-        weights = self.weighting(self.engine.compute_gramian(losses))
-        losses.backward(weights)
         if self.first_grad is None:
-            self.record()
-        optimizer.step()
-        self.criterion.after_step()
+            optimizer_step(terms, _Recorder(optimizer, self), self.criterion, self.ctx)
+        else:
+            optimizer_step(terms, optimizer, self.criterion, self.ctx)
 
     __call__ = step
 
@@ -423,6 +407,8 @@ def run(args) -> dict:
                       "autogram_over_autojac": _common.median_ratio(times[AUTOGRAM],
                                                                     times["upgrad"]),
                       "faster": "autojac" if ta <= tg else "autogram",
+                      "auto_picks": choose_engine("auto", "upgrad", K, resolve_precision(
+                          auto.cfg.train.precision, device), distributed=False),
                       "first_step_encoder_grad_cosine": _cosine(auto.first_grad, gram.first_grad)}
         results[setup_name] = {
             "tasks": spec["tasks"], "transfers": cands[NONE].edges,
@@ -460,10 +446,10 @@ def run(args) -> dict:
                        v["within_target_cpu"] is not False for r in results.values()
                        for n, v in r["candidates"].items() if n != AUTOGRAM)},
         "gramian_engine": {"faster_per_setup": faster,
-                           "what": "UPGrad by torchjd.autogram.Engine(model.encoder, "
-                                   "batch_dim=None) + UPGradWeighting + losses.backward(weights) "
-                                   "against the autojac path (mtl_backward + jac_to_grad) of "
-                                   "loss.aggregator=upgrad"},
+                           "what": "loss.aggregator=upgrad with loss.aggregator_engine="
+                                   "autogram (torchjd.autogram.Engine(model.encoder, "
+                                   "batch_dim=None), UPGrad's weights from the Gramian) against "
+                                   "=autojac (torchjd.autojac.jac, the K x P Jacobian)"},
         "memory_measure": (None if memory is None else
                            {"what": ("cuda max_memory_allocated - memory_allocated before the "
                                      "steps" if device.type == "cuda" else

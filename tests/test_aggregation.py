@@ -224,7 +224,10 @@ def _weights(model):
 @pytest.mark.slow
 @pytest.mark.parametrize("extra", [("loss.aggregator=nash_mtl", "loss.objectives=terms"),
                                    ("loss.aggregator=graddrop", "loss.objectives=terms"),
-                                   ("loss.weighting=famo",)], ids=["nash_mtl", "graddrop", "famo"])
+                                   ("loss.weighting=famo",),
+                                   ("loss.aggregator=upgrad", "loss.objectives=terms",
+                                    "train.precision=fp32", "loss.aggregator_engine=autogram")],
+                         ids=["nash_mtl", "graddrop", "famo", "upgrad-autogram"])
 def test_stateful_and_random_steps_resume_bit_exactly(tmp_path, extra):
     """Nash-MTL (its last weights and step count), GradDrop (its random masks) and FAMO
     (its logits and their Adam) continue exactly after a crash mid-epoch."""
@@ -304,3 +307,137 @@ def test_two_gloo_processes_aggregate_the_global_jacobian(tmp_path):
     assert rb["provenance"]["world_size"] == 2
     for key in ("train_gstat_conflict_fraction", "train_gstat_norm_seg2depth"):
         assert rb["history"][0][key] == pytest.approx(ra["history"][0][key], rel=1e-3, abs=1e-6)
+
+
+# ------------------------------------------------------------- the Gramian engine (autogram)
+
+GRAMIAN_BASED = ["aligned_mtl", "cagrad", "dualproj", "fairgrad", "imtl_g", "mgda", "pcgrad",
+                 "upgrad"]  # TorchJD's GramianWeightedAggregator subclasses, written out
+
+
+def test_the_gramian_based_aggregators_are_torchjd_s():
+    from xtc.losses.aggregation import gramian_based
+
+    assert [n for n in AGGREGATORS.names() if gramian_based(n)] == GRAMIAN_BASED
+
+
+def _engine_step(engine: str, name: str, statistics: bool = False):
+    """One aggregated step's gradients and statistics on the same weights and batch."""
+    torch.manual_seed(0)
+    cfg = _tiny(f"loss.aggregator={name}", "loss.objectives=terms", "train.precision=fp32",
+                f"loss.aggregator_engine={engine}")
+    exp = train.build_experiment(cfg, "cpu")
+    assert exp.criterion.aggregation.engine == engine
+    terms = train.forward_losses(exp.model, exp.criterion, _batch(exp), exp.device, cfg)
+    stats = exp.criterion.aggregation.backward(exp.criterion.objectives(terms, "terms"),
+                                               statistics=statistics)
+    grads = {n: p.grad.detach().clone() for n, p in exp.model.named_parameters()
+             if p.requires_grad}
+    return grads, stats
+
+
+@pytest.mark.parametrize("name", GRAMIAN_BASED)
+def test_autogram_makes_the_autojac_step(name):
+    """The Gramian engine's step equals the Jacobian's: J^T w on the encoder (w from the
+    Gramian), the summed objective gradients on decoders and transfer nets."""
+    jac_grads, _ = _engine_step("autojac", name)
+    gram_grads, _ = _engine_step("autogram", name)
+    assert jac_grads.keys() == gram_grads.keys()
+    encoder = [n for n in jac_grads if n.startswith("encoder.")]
+    assert encoder and len(encoder) < len(jac_grads)
+    a = torch.cat([jac_grads[n].flatten() for n in encoder])
+    b = torch.cat([gram_grads[n].flatten() for n in encoder])
+    assert float(a.norm()) > 0
+    # the weights come out of a small solver (QP for UPGrad/DualProj): agreement to ~1e-4
+    assert float((a - b).norm() / a.norm()) < 2e-3, name
+    for n in jac_grads:
+        if not n.startswith("encoder."):
+            assert torch.allclose(jac_grads[n], gram_grads[n], atol=1e-6, rtol=1e-4), n
+
+
+def test_autogram_statistics_equal_the_jacobian_s():
+    _, by_jacobian = _engine_step("autojac", "upgrad", statistics=True)
+    _, by_gramian = _engine_step("autogram", "upgrad", statistics=True)
+    assert by_jacobian.keys() == by_gramian.keys()
+    for key, value in by_jacobian.items():
+        if key.startswith("gstat_dircos_"):  # the direction: UPGrad's solver, see above
+            assert by_gramian[key] == pytest.approx(value, abs=2e-3), key
+        else:  # the Gramian itself: the two engines agree to float32 rounding
+            assert by_gramian[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+
+
+def test_auto_takes_autogram_where_it_runs_and_pays():
+    """auto: autogram for a Gramian-based aggregator from 4 objectives in fp32; autojac at 2
+    objectives, for the others, and under bf16 (bench/RESULTS.md sections 13-14)."""
+    def engine(name, objectives, precision):
+        cfg = _tiny(f"loss.aggregator={name}", f"loss.objectives={objectives}",
+                    f"train.precision={precision}")
+        return train.build_experiment(cfg, "cpu").criterion.aggregation.engine
+
+    assert engine("upgrad", "terms", "fp32") == "autogram"  # 4 objectives
+    assert engine("upgrad", "tasks", "fp32") == "autojac"  # 2
+    assert engine("graddrop", "terms", "fp32") == "autojac"
+    assert engine("upgrad", "terms", "bf16") == "autojac"
+
+
+def test_autogram_where_it_cannot_run_is_refused_with_the_reason():
+    from xtc.losses.aggregation import choose_engine
+
+    with pytest.raises(config.ConfigError, match="graddrop is not a function of the Gramian"):
+        config.load(None, ["loss.aggregator=graddrop", "loss.aggregator_engine=autogram"])
+    with pytest.raises(config.ConfigError, match="without an aggregator"):
+        config.load(None, ["loss.aggregator_engine=autogram"])
+    cfg = _tiny("loss.aggregator=upgrad", "loss.aggregator_engine=autogram",
+                "train.precision=bf16")
+    with pytest.raises(config.ConfigError, match="fails under bf16 autocast.*autojac"):
+        train.build_experiment(cfg, "cpu")
+    with pytest.raises(config.ConfigError, match="under torchrun"):
+        choose_engine("autogram", "upgrad", 4, "fp32", distributed=True)
+    assert choose_engine("auto", "upgrad", 4, "fp32", distributed=True) == "autojac"
+
+
+def test_switching_back_to_autojac_leaves_no_hooks_on_the_encoder():
+    cfg = _tiny("loss.aggregator=upgrad", "loss.objectives=terms", "train.precision=fp32",
+                "loss.aggregator_engine=autogram")
+    exp = train.build_experiment(cfg, "cpu")
+    hooked = [m for m in exp.model.encoder.modules() if m._forward_hooks]
+    assert hooked
+    exp.criterion.aggregation.use_engine("autojac")
+    assert not [m for m in exp.model.encoder.modules() if m._forward_hooks]
+
+
+def test_autogram_run_records_its_engine_and_skips_a_nan_step(tmp_path, monkeypatch):
+    """fit with the Gramian engine: a step skipped after its forward (train.nonfinite=skip)
+    does not break the next Gramian, and results.json says which engine ran."""
+    from xtc import results
+
+    cfg = _tiny("loss.aggregator=upgrad", "loss.objectives=terms", "train.precision=fp32",
+                "train.epochs=1", "train.max_steps_per_epoch=3", "train.nonfinite=skip",
+                "train.grad_stats_every=1")
+    real = train.forward_losses
+    calls = {"n": 0}
+
+    def nan_on_the_first_step(model, criterion, batch, device, cfg):
+        terms = real(model, criterion, batch, device, cfg)
+        calls["n"] += 1
+        if calls["n"] == 1:
+            terms = {**terms, "seg": terms["seg"] * float("nan")}
+        return terms
+
+    monkeypatch.setattr(train, "forward_losses", nan_on_the_first_step)
+    run = train.fit(cfg, out_dir=tmp_path / "run", progress=False)
+    assert run.history[0]["train_skipped_fraction"] == pytest.approx(1 / 3)
+    assert run.history[0]["train_gstat_norm_seg"] > 0
+    record = results.read(tmp_path / "run")["aggregation"]
+    assert (record["engine"], record["engine_requested"]) == ("autogram", "auto")
+    assert "Gramian" in record["jacobian"]
+
+
+def test_an_aggregated_run_logs_its_statistics_by_default_and_a_plain_run_does_not():
+    """train.grad_stats_every=None: every 10 steps under an aggregator (free: its step holds
+    the Jacobian or Gramian), never without one (K extra backward passes there)."""
+    for aggregator, logged in (("upgrad", True), ("none", False)):
+        cfg = _tiny(f"loss.aggregator={aggregator}", "loss.objectives=terms", "train.epochs=1")
+        assert cfg.train.grad_stats_every is None
+        record = train.fit(cfg, progress=False).history[0]
+        assert ("train_gstat_norm_seg2depth" in record) is logged, aggregator

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from xtc import cli, results
+from xtc.errors import PlanError
 from xtc.analysis import summary
 from xtc import reports as report
 from xtc.runtime import REPO_ROOT
@@ -224,3 +225,26 @@ def test_a_named_run_with_seeds_gets_one_folder_per_seed(tmp_path):
                                               "name": "xtc-lambda0"}]}))
     runs = report.expand_runs(report.load_plan(path))
     assert [(n, p["seed"]) for n, p in runs] == [("xtc-lambda0-s0", 0), ("xtc-lambda0-s1", 1)]
+
+
+def test_an_analysis_reading_a_run_the_plan_does_not_train_fails_at_load(tmp_path):
+    """A run renamed by a new varying key (xtc-consistency-gradcosineevery4-s0) must fail
+    when the plan loads, not after every run has trained."""
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({
+        "runs": [{"method": "xtc", "cross_task": "consistency", "seed": 0,
+                  "train.grad_cosine_every": 4}, {"method": "mtl", "seed": 0}],
+        "analysis": [{"notebook": "notebooks/04_alignment.ipynb",
+                      "parameters": {"runs": {"consistency": "$runs/xtc-consistency-s0"}}}]}))
+    with pytest.raises(PlanError, match=r"analysis\[0\].parameters.runs' reads "
+                       r"\$runs/xtc-consistency-s0, which is not a training run.*did you mean "
+                       r"xtc-consistency-gradcosineevery4-s0"):
+        report.load_plan(path)
+
+
+@pytest.mark.parametrize("preset", sorted((REPO_ROOT / "configs").glob("**/*.yaml")))
+def test_every_shipped_plan_s_analysis_reads_runs_it_trains(preset):
+    text = preset.read_text()
+    if "runs:" not in text and "grid:" not in text:
+        pytest.skip("a training config, not a plan")
+    report.load_plan(preset)  # _check_run_references: every $runs/<name> is a planned run

@@ -24,7 +24,7 @@ import torch
 from xtc.errors import CheckpointError, ConfigError  # CheckpointError: re-exported
 from xtc.files import atomic_write  # noqa: F401  (re-exported: checkpoint.atomic_write)
 
-SCHEMA = 5  # checkpoints without a "schema" entry were written before the stamp: schema 1
+SCHEMA = 6  # checkpoints without a "schema" entry were written before the stamp: schema 1
 
 MAX_BYTES_ENV = "XTC_MAX_CHECKPOINT_BYTES"
 DEFAULT_MAX_BYTES = 8 << 30  # ~20x the paper model's last.pt with Adam state (~0.4 GB)
@@ -71,6 +71,8 @@ ADDED_KEYS: dict[str, tuple[int, Any]] = {
     "loss.famo_lr": (5, 0.025),
     "loss.famo_weight_decay": (5, 1e-3),
     "train.grad_stats_every": (5, 0),
+    # schema 6: the Gramian engine for aggregators (issue 13); earlier runs held the Jacobian
+    "loss.aggregator_engine": (6, "autojac"),
 }
 
 

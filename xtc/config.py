@@ -98,6 +98,9 @@ class LossConfig:
     aggregator_args: dict = field(default_factory=dict)  # its arguments, e.g. {c: 0.4} (cagrad)
     objectives: str = "tasks"  # aggregator's objectives: tasks (one per task group L_a) |
                                # terms (each direct and each cross-task term; lambda not applied)
+    aggregator_engine: str = "auto"  # autojac (the K x P Jacobian) | autogram (its Gramian;
+                                     # Gramian-based aggregators, fp32, one process) | auto:
+                                     # autogram from 4 objectives where it can run (faster)
 
 
 @dataclass
@@ -135,8 +138,10 @@ class TrainConfig:
     # (best.pt only)
     keep_checkpoints: str = "weights"
     grad_cosine_every: int = 0  # log cos(grad direct, grad cross-task) on the encoder every N steps
-    grad_stats_every: int = 0  # log the objectives' gradient statistics on the encoder every N
-                               # steps (norms, cosines, conflicts, Gramian condition; gstat_*)
+    grad_stats_every: Optional[int] = None  # log the objectives' gradient statistics on the
+        # encoder every N steps (norms, cosines, conflicts, Gramian condition; gstat_*); 0:
+        # never; None: every 10 steps with loss.aggregator (its step already holds the
+        # Jacobian or Gramian), never without (there they cost K extra backward passes)
 
 
 @dataclass
@@ -154,7 +159,7 @@ class Config:
 def _choices() -> dict[str, tuple]:
     """Every closed-choice field and its valid values, read from the registries (so a
     method, weighting or loss kind added there is valid here, and nowhere else lists them)."""
-    from xtc.losses.aggregation import AGGREGATORS, NONE, OBJECTIVES
+    from xtc.losses.aggregation import AGGREGATORS, ENGINES, NONE, OBJECTIVES
     from xtc.losses.cross_task import CROSS_TASK_MODES
     from xtc.losses.weighting import UNCERTAINTY_FORMS, WEIGHTINGS
     from xtc.tasks import METHODS
@@ -170,6 +175,7 @@ def _choices() -> dict[str, tuple]:
         "loss.uncertainty_form": UNCERTAINTY_FORMS,
         "loss.aggregator": (NONE, *AGGREGATORS.names()),
         "loss.objectives": OBJECTIVES,
+        "loss.aggregator_engine": ENGINES,
         "loss.depth_loss": DEPTH_KINDS,
         "loss.seg2depth_loss": INTO_DEPTH,
         "loss.depth2seg_loss": INTO_SEG,
@@ -327,18 +333,25 @@ def _validate_aggregation(cfg: Config) -> None:
     """``loss.aggregator_args`` against the aggregator's arguments; an aggregator replaces
     the loss weighting, which is then recorded as ``fixed`` (what ran), with a warning when
     another weighting was asked for."""
-    from xtc.losses.aggregation import NONE, check_arguments
+    from xtc.losses.aggregation import NONE, check_arguments, gramian_based
 
     loss = cfg.loss
     if loss.aggregator == NONE:
         if loss.aggregator_args:
             raise ConfigError(f"loss.aggregator_args={loss.aggregator_args} without an "
                               f"aggregator; set loss.aggregator (e.g. upgrad) or drop the args")
+        if loss.aggregator_engine != "auto":
+            raise ConfigError(f"loss.aggregator_engine={loss.aggregator_engine} without an "
+                              f"aggregator; set loss.aggregator (e.g. upgrad) or drop it")
         return
     try:
         check_arguments(loss.aggregator, loss.aggregator_args)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    if loss.aggregator_engine == "autogram" and not gramian_based(loss.aggregator):
+        raise ConfigError(f"loss.aggregator_engine=autogram: {loss.aggregator} is not a "
+                          f"function of the Gramian J J^T, so only autojac can run it; use "
+                          f"loss.aggregator_engine=autojac (or auto)")
     if loss.weighting != "fixed":
         warnings.warn(f"loss.aggregator={loss.aggregator} balances the objectives itself: "
                       f"loss.weighting={loss.weighting} is not applied (recorded as fixed)",

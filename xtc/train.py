@@ -35,7 +35,7 @@ from xtc.data import build_dataset_from_config
 from xtc.data import num_classes as dataset_classes
 from xtc.data.resident import ResidentSplit
 from xtc.losses import build_criterion
-from xtc.losses.aggregation import gradient_statistics, objective_jacobian
+from xtc.losses.aggregation import choose_engine, gradient_statistics, objective_jacobian
 from xtc.metrics import ConsistencyMeter
 from xtc.models import build_model_from_config
 from xtc.tasks import TASKS, is_edge, split_edge
@@ -73,6 +73,9 @@ class _StopOnSignal:
         return False
 
 
+STATS_EVERY_WITH_AGGREGATOR = 10  # train.grad_stats_every=None under loss.aggregator
+
+
 @dataclass
 class Run:
     """What :func:`fit` returns: the selected model and every number it measured."""
@@ -86,6 +89,7 @@ class Run:
     test_metrics: dict = field(default_factory=dict)  # the reported test metrics (see protocol)
     reported_epochs: list = field(default_factory=list)  # epochs the test metrics come from
     wall_time_s: float = 0.0
+    aggregator_engine: Optional[str] = None  # loss.aggregator's engine that ran (autojac|autogram)
 
 
 @dataclass
@@ -156,6 +160,11 @@ def build_experiment(cfg: Config, device: Any = None, *, optimizer: bool = True,
         model = distributed.convert_sync_batchnorm(model)
     criterion = build_criterion(cfg, model).to(device)
     opt = sched = None
+    if optimizer and criterion.aggregation is not None:  # training: the Jacobian's engine
+        aggregation = criterion.aggregation
+        aggregation.use_engine(choose_engine(
+            cfg.loss.aggregator_engine, aggregation.name, len(aggregation.names),
+            runtime.resolve_precision(cfg.train.precision, device), ctx.active))
     if optimizer:
         opt = build_optimizer(cfg, list(model.parameters()) + criterion.optimised_parameters())
         sched = torch.optim.lr_scheduler.StepLR(opt, cfg.optim.step_size, cfg.optim.gamma)
@@ -381,7 +390,8 @@ class _Session:
                   best_epoch=state.best_epoch,
                   val_metrics={k[4:]: v for k, v in best.items() if k.startswith("val_")},
                   test_metrics=test_metrics, reported_epochs=reported,
-                  wall_time_s=time.perf_counter() - self.start)
+                  wall_time_s=time.perf_counter() - self.start,
+                  aggregator_engine=getattr(self.exp.criterion.aggregation, "engine", None))
         if out_dir is not None and ctx.is_main:
             write_results(run, self.train_set, self.device, world=ctx.world)
             finish_checkpoints(out_dir, cfg.train.keep_checkpoints)
@@ -411,6 +421,8 @@ def train_one_epoch(model, criterion, optimizer, dataset, device, cfg: Config,
     raw = getattr(model, "module", model)  # the network inside DistributedDataParallel
     every = cfg.train.grad_cosine_every if raw.transfer is not None else 0
     stats_every = cfg.train.grad_stats_every
+    if stats_every is None:  # default: where the aggregator's step computes them anyway
+        stats_every = STATS_EVERY_WITH_AGGREGATOR if criterion.aggregation is not None else 0
     recompute = criterion.weighting.recomputes_losses
     if ctx.active and criterion.aggregation is not None:
         # the aggregator averages Jacobians and task gradients itself (Aggregation.backward):
@@ -436,6 +448,8 @@ def train_one_epoch(model, criterion, optimizer, dataset, device, cfg: Config,
                 and last_path.is_file() else "; no checkpoint was saved yet")
         if bad and cfg.train.nonfinite == "skip":
             _restore_buffers(raw, buffers)
+            if criterion.aggregation is not None:
+                criterion.aggregation.discard_step()
             sums["skipped_fraction"] = sums.get("skipped_fraction", 0.0) + 1  # mean -> fraction
             state.step = step + 1
             # one skipped step per epoch is always allowed: a lone bad batch in a short epoch
@@ -584,10 +598,8 @@ def gradient_cosines(terms: dict, parameters, tasks=("seg", "depth")) -> dict[st
     pushes the shared features the same way as the direct loss (docs/method.md §4.3)."""
     params = [p for p in parameters if p.requires_grad]
 
-    def flat_grad(loss):
-        grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-        return torch.cat([(g if g is not None else torch.zeros_like(p)).flatten()
-                          for g, p in zip(grads, params)])
+    def grads(loss):
+        return torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
 
     out = {}
     for task in tasks:
@@ -596,8 +608,18 @@ def gradient_cosines(terms: dict, parameters, tasks=("seg", "depth")) -> dict[st
             continue
         cross = (terms[edges[0]] if len(edges) == 1
                  else torch.stack([terms[e] for e in edges]).mean())
-        a, b = flat_grad(terms[task]), flat_grad(cross)
-        out[f"grad_cos_{task}"] = float(torch.nn.functional.cosine_similarity(a, b, dim=0))
+        # dot products parameter by parameter, summed in float64: the cosine of the
+        # concatenated gradients without concatenating them (two copies of the encoder's
+        # gradients per term, and cosine_similarity's normalised copies)
+        sums = torch.zeros(3, dtype=torch.float64, device=params[0].device)  # ab, aa, bb
+        for ga, gb in zip(grads(terms[task]), grads(cross)):
+            a = ga.flatten() if ga is not None else None
+            b = gb.flatten() if gb is not None else None
+            for i, (x, y) in enumerate(((a, b), (a, a), (b, b))):
+                if x is not None and y is not None:
+                    sums[i] += torch.dot(x, y).double()
+        denominator = (sums[1].sqrt() * sums[2].sqrt()).clamp_min(1e-8)
+        out[f"grad_cos_{task}"] = float(sums[0] / denominator)
     return out
 
 
@@ -673,23 +695,25 @@ def write_results(run: Run, train_set, device: torch.device, world: int = 1) -> 
         provenance={**runtime.provenance(device), "dataset_fingerprint": train_set.fingerprint(),
                     "world_size": world,
                     "precision": runtime.resolve_precision(cfg.train.precision, device)},
-        **({"aggregation": aggregation_record(run.model, cfg)}
+        **({"aggregation": aggregation_record(run.model, cfg, run.aggregator_engine or "autojac")}
            if cfg.loss.aggregator != "none" else {}),
     )
 
 
-def aggregation_record(model, cfg: Config) -> dict:
-    """What results.json says about a run's gradient aggregation."""
+def aggregation_record(model, cfg: Config, engine: str = "autojac") -> dict:
+    """What results.json says about a run's gradient aggregation (``engine``: the one that
+    ran, :func:`xtc.losses.aggregation.choose_engine`)."""
     from importlib.metadata import version
 
-    from xtc.losses.aggregation import JACOBIAN, aggregator_arguments
+    from xtc.losses.aggregation import JACOBIANS, aggregator_arguments
 
     names = list(model.tasks) + ([name for name, _, _ in model.edges]
                                  if cfg.loss.objectives == "terms" else [])
     return {"aggregator": cfg.loss.aggregator,
             "args": {**aggregator_arguments(cfg.loss.aggregator), **cfg.loss.aggregator_args},
             "objectives": cfg.loss.objectives, "objective_names": names,
-            "jacobian": JACOBIAN, "torchjd": version("torchjd")}
+            "engine": engine, "engine_requested": cfg.loss.aggregator_engine,
+            "jacobian": JACOBIANS[engine], "torchjd": version("torchjd")}
 
 
 def protocol(cfg: Config, dataset, reported_epochs: list[int] | None = None) -> dict:

@@ -22,13 +22,22 @@ Jacobian through the features) does not fit this model: it assumes one last shar
 representation, while the decoders read all five encoder levels (skip connections), and
 its chain rule through nested features counts the deeper paths twice (the early layers'
 rows came out 5-50% off; tests/test_aggregation.py checks the Jacobian against plain
-autograd). TorchJD's Gramian engine (``autogram``, ``batch_dim=None`` because of the
-encoder's BatchNorm) gives the same step for Gramian-based aggregators without holding the
-K x P Jacobian: less step memory from 4 objectives on, faster from 4 on and slower at 2
-(bench/RESULTS.md section 13). Not an option of xtc yet: TorchJD 0.18's engine fails under
-bf16 autocast, and under DDP the Jacobian rows are averaged before aggregation.
-Decoders and transfer nets are task-specific: they get the sum of their objectives'
-gradients from the same backward passes, as in plain gradient descent.
+autograd). Decoders and transfer nets are task-specific: they get the sum of their
+objectives' gradients, as in plain gradient descent.
+
+**Two engines** (``loss.aggregator_engine``). ``autojac`` holds the K x P Jacobian and hands
+it to the aggregator. ``autogram`` (TorchJD's Gramian engine on the encoder,
+``batch_dim=None`` because of its BatchNorm) computes only the K x K Gramian J J^T, takes the
+aggregator's weights w from it and backpropagates w, so the encoder gets J^T w: the same step
+for the aggregators that are functions of the Gramian (:func:`gramian_based`: UPGrad, MGDA,
+PCGrad, CAGrad, IMTL-G, Aligned-MTL, DualProj, FairGrad), without the Jacobian in memory.
+Measured (bench/RESULTS.md sections 13-14): slower at K = 2, faster and 15-27% lighter from
+K = 4. ``auto`` (the default) therefore takes ``autogram`` for a Gramian-based aggregator over
+at least :data:`AUTOGRAM_FROM` objectives, in fp32 and in one process, and ``autojac``
+otherwise: TorchJD 0.18's Gramian engine fails under bf16 autocast, and under DDP the
+Jacobian rows of the ranks must be averaged before aggregation, while the Gramian of
+averaged rows is not the average of the ranks' Gramians. ``autogram`` asked for where it
+cannot run is refused with the reason.
 
 **Distributed.** Every rank's Jacobian is averaged over the ranks *before* aggregation, so
 N processes aggregate the global batch's Jacobian and make the same update as one process
@@ -59,9 +68,16 @@ from xtc.registry import Registry
 
 AGGREGATORS = Registry("aggregator")
 OBJECTIVES = ("tasks", "terms")  # loss.objectives
+ENGINES = ("auto", "autojac", "autogram")  # loss.aggregator_engine
+AUTOGRAM_FROM = 4  # auto: the Gramian engine from this many objectives (bench/RESULTS.md s. 13)
 NONE = "none"  # loss.aggregator: the scalarised loss, no Jacobian
 COND_CAP = 1e12  # gstat_gramian_cond of a singular Gramian
-JACOBIAN = "shared encoder parameters (torchjd.autojac.jac, one backward per objective)"
+JACOBIANS = {  # what results.json says the Jacobian was, per engine
+    "autojac": "shared encoder parameters (torchjd.autojac.jac, one backward per objective)",
+    "autogram": "shared encoder parameters, as its Gramian (torchjd.autogram.Engine on the "
+                "encoder, batch_dim=None; the aggregator's weights from the Gramian)",
+}
+JACOBIAN = JACOBIANS["autojac"]
 
 
 def _tensor(value):
@@ -174,6 +190,51 @@ def build_aggregator(name: str, n_objectives: int, args: Optional[dict] = None):
     return AGGREGATORS.get(name)(n_objectives, **args)
 
 
+def gramian_based(name: str) -> bool:
+    """Whether aggregator ``name`` is a function of the Gramian J J^T (TorchJD's
+    ``GramianWeightedAggregator``), so the Gramian engine can run it."""
+    from torchjd.aggregation._aggregator_bases import GramianWeightedAggregator
+
+    return isinstance(build_aggregator(name, 2), GramianWeightedAggregator)
+
+
+def choose_engine(requested: str, name: str, n_objectives: int, precision: str,
+                  distributed: bool) -> str:
+    """``loss.aggregator_engine`` -> the engine that runs: ``autojac`` or ``autogram``.
+
+    ``precision`` is the resolved one (``fp32`` | ``bf16``); ``distributed``: under torchrun.
+
+    Examples:
+        >>> choose_engine("auto", "upgrad", 4, "fp32", False)
+        'autogram'
+        >>> choose_engine("auto", "upgrad", 2, "fp32", False)  # slower at two objectives
+        'autojac'
+        >>> choose_engine("auto", "graddrop", 8, "fp32", False)  # not a function of J J^T
+        'autojac'
+    """
+    if requested not in ENGINES:
+        raise ConfigError(f"loss.aggregator_engine={requested!r}; choose one of {list(ENGINES)}")
+    if requested == "autojac":
+        return "autojac"
+    reasons = []
+    if not gramian_based(name):
+        gramians = [n for n in AGGREGATORS.names() if gramian_based(n)]
+        reasons.append(f"{name} is not a function of the Gramian (those are {gramians})")
+    if precision == "bf16":
+        reasons.append("TorchJD 0.18's Gramian engine fails under bf16 autocast (set "
+                       "train.precision=fp32)")
+    if distributed:
+        reasons.append("under torchrun the ranks' Jacobian rows are averaged before "
+                       "aggregation, and a Gramian cannot be averaged that way")
+    if requested == "autogram":
+        if reasons:
+            raise ConfigError(f"loss.aggregator_engine=autogram cannot run here: "
+                              f"{'; '.join(reasons)}; use loss.aggregator_engine=autojac "
+                              f"(or auto, which picks what can run)")
+        return "autogram"
+    return "autogram" if not reasons and n_objectives >= AUTOGRAM_FROM else "autojac"
+
+
 class Aggregation(nn.Module):
     """One Jacobian-descent step's backward over the objectives ``names``.
 
@@ -191,15 +252,34 @@ class Aggregation(nn.Module):
         self.name, self.mode, self.args = name, mode, dict(args or {})
         self.names = tuple(names)
         self.aggregator = build_aggregator(name, len(self.names), self.args)
+        self.engine = "autojac"  # set by use_engine (build_experiment: choose_engine)
+        self._gramian_engine = None  # torchjd.autogram.Engine on the encoder (autogram)
+        self._encoder: Optional[nn.Module] = None
         self._shared: tuple = ()  # the encoder's parameters (attach)
         self._others: tuple = ()  # every other trainable parameter of the model
 
     def attach(self, model: nn.Module) -> None:
         """Split ``model``'s parameters into shared (``model.encoder``) and task-specific."""
+        self._encoder = model.encoder
         self._shared = tuple(p for p in model.encoder.parameters() if p.requires_grad)
         encoder_ids = {id(p) for p in model.encoder.parameters()}
         self._others = tuple(p for p in model.parameters()
                              if p.requires_grad and id(p) not in encoder_ids)
+
+    def use_engine(self, engine: str) -> None:
+        """Run the steps with ``engine`` (``autojac`` | ``autogram``, from
+        :func:`choose_engine`). The Gramian engine hooks the encoder's modules; those hooks
+        only act on forward passes that record gradients."""
+        if engine not in ENGINES[1:]:
+            raise ConfigError(f"engine {engine!r}; choose one of {list(ENGINES[1:])}")
+        self.engine = engine
+        self._gramian_engine = None
+        if engine == "autogram":
+            if self._encoder is None:
+                raise RuntimeError("Aggregation.use_engine('autogram') before attach(model)")
+            from torchjd.autogram import Engine
+
+            self._gramian_engine = Engine(self._encoder, batch_dim=None)
 
     def backward(self, objectives: dict[str, torch.Tensor], ctx=None, seed: Optional[int] = None,
                  statistics: bool = False) -> Optional[dict[str, float]]:
@@ -215,6 +295,8 @@ class Aggregation(nn.Module):
             raise RuntimeError("loss.aggregator: the criterion was built without the model; "
                                "use build_criterion(config, model)")
         losses = [objectives[n] for n in self.names]
+        if self._gramian_engine is not None:
+            return self._backward_gramian(losses, seed, statistics)
         # parallel_chunk_size=1: one objective at a time (vmap over the rows was no faster
         # here, bench/aggregators.py), and SyncBatchNorm's collectives then run in the same
         # order on every rank
@@ -240,6 +322,41 @@ class Aggregation(nn.Module):
         if not statistics:
             return None
         return gradient_statistics(jacobian.float(), direction.float(), self.names)
+
+    def _backward_gramian(self, losses: list, seed: Optional[int],
+                          statistics: bool) -> Optional[dict[str, float]]:
+        """The ``autogram`` step: the Gramian G of the encoder Jacobian, the aggregator's
+        weights w = weighting(G), then J^T w on the encoder and the summed objective
+        gradients on every other parameter (as the ``autojac`` step leaves them)."""
+        stacked = torch.stack(losses)
+        gramian = self._gramian_engine.compute_gramian(stacked)
+        with _seeded(seed, gramian.device) if seed is not None else nullcontext():
+            weights = self.aggregator.gramian_weighting(gramian)
+        others = list(self._others)
+        grads = torch.autograd.grad(stacked.sum(), others, retain_graph=True,
+                                    allow_unused=True)
+        for p, g in zip(others, grads):  # zeros where unused, as autojac.jac gives
+            p.grad = g if g is not None else torch.zeros_like(p)
+        shared = list(self._shared)
+        for p in shared:
+            p.grad = None
+        torch.autograd.backward(stacked, grad_tensors=weights.detach().to(stacked.dtype),
+                                inputs=shared)
+        if not statistics:
+            return None
+        return gramian_statistics(gramian.double(), weights.double(), self.names)
+
+    def discard_step(self) -> None:
+        """Forget a forward pass that gets no backward (a step skipped by
+        ``train.nonfinite=skip``): the Gramian engine would otherwise count it against the
+        next step. TorchJD 0.18 (pinned) resets these three parts after each Gramian."""
+        engine = self._gramian_engine
+        if engine is None:
+            return
+        engine._gramian_accumulator.reset()
+        engine._target_edges.reset()
+        for computer in engine._gramian_computers.values():
+            computer.reset()
 
     def get_extra_state(self) -> dict:
         return _aggregator_state(self.aggregator)
@@ -291,7 +408,30 @@ def gradient_statistics(jacobian: torch.Tensor, direction: torch.Tensor,
         (-0.7071, 1.0)
     """
     J, d = jacobian.double(), direction.double()
-    gram = J @ J.T
+    return _statistics(J @ J.T, J @ d, d.norm(), names)
+
+
+def gramian_statistics(gramian: torch.Tensor, weights: torch.Tensor,
+                       names: Sequence[str]) -> dict[str, float]:
+    """:func:`gradient_statistics` of the step d = J^T w from the Gramian G = J J^T and the
+    weights w alone (the ``autogram`` engine holds no Jacobian): J d = G w, ||d||^2 = w^T G w.
+
+    Examples:
+        >>> J = torch.tensor([[1.0, 0.0], [-1.0, 1.0]], dtype=torch.float64)
+        >>> w = torch.tensor([1.0, 1.0], dtype=torch.float64)
+        >>> a = gramian_statistics(J @ J.T, w, ["seg", "depth"])
+        >>> b = gradient_statistics(J, J.T @ w, ["seg", "depth"])
+        >>> all(abs(a[k] - b[k]) < 1e-12 for k in b)
+        True
+    """
+    G, w = gramian.double(), weights.double()
+    projections = G @ w
+    return _statistics(G, projections, (w @ projections).clamp_min(0).sqrt(), names)
+
+
+def _statistics(gram: torch.Tensor, projections: torch.Tensor, d_norm: torch.Tensor,
+                names: Sequence[str]) -> dict[str, float]:
+    """The statistics from the Gramian, J d and ||d|| (float64)."""
     norms = gram.diagonal().clamp_min(0).sqrt()
     out = {f"gstat_norm_{n}": float(v) for n, v in zip(names, norms)}
     pairs, conflicts = 0, 0
@@ -306,8 +446,8 @@ def gradient_statistics(jacobian: torch.Tensor, direction: torch.Tensor,
     top = float(eig[-1])
     out["gstat_gramian_cond"] = (min(top / float(eig[0]), COND_CAP) if float(eig[0]) > 0
                                  else COND_CAP) if top > 0 else COND_CAP
-    d_norm = d.norm().clamp_min(1e-30)
-    for n, dot, g in zip(names, J @ d, norms):
+    d_norm = d_norm.clamp_min(1e-30)
+    for n, dot, g in zip(names, projections, norms):
         out[f"gstat_dircos_{n}"] = float(dot / (d_norm * g.clamp_min(1e-30)))
     return out
 

@@ -98,7 +98,34 @@ def load_plan(path: str | Path) -> dict:
     plan.setdefault("analysis",
                     [{"notebook": SUMMARY_NOTEBOOK, "parameters": {"runs_dir": "$runs"}}])
     _check_names(plan, path)
+    _check_run_references(plan, path)
     return plan
+
+
+def _check_run_references(plan: dict, path: Path) -> None:
+    """Every ``$runs/<name>`` an analysis notebook reads names a training run of the plan:
+    a renamed run fails here, not after every run has trained."""
+    names = {name for name, _ in expand_runs(plan)}
+
+    def references(value: Any):
+        if isinstance(value, str) and value.startswith("$runs/"):
+            yield value.split("/")[1]
+        elif isinstance(value, dict):
+            for v in value.values():
+                yield from references(v)
+        elif isinstance(value, list):
+            for v in value:
+                yield from references(v)
+
+    for i, item in enumerate(plan.get("analysis") or []):
+        for key, value in (item.get("parameters") or {}).items():
+            for name in references(value):
+                if name not in names:
+                    close = difflib.get_close_matches(name, sorted(names), n=1)
+                    hint = f" (did you mean {close[0]}?)" if close else ""
+                    raise PlanError(f"{path}: field 'analysis[{i}].parameters.{key}' reads "
+                                    f"$runs/{name}, which is not a training run of the "
+                                    f"plan{hint}; the runs are {sorted(names)}")
 
 
 def notebook_parameters(notebook: str | Path) -> set[str]:
