@@ -32,9 +32,8 @@ Jacobian); UPGrad also as ``upgrad-autogram``, xtc's ``loss.aggregator_engine=au
 (TorchJD's ``autogram.Engine`` on the encoder, ``batch_dim=None`` because of its BatchNorm:
 the Gramian J J^T, UPGrad's weights w from it, J^T w on the encoder and the summed objective
 gradients on the decoders and transfer nets, the autojac step's update).
-``gramian_engine`` says per setup which engine is faster, which one ``auto`` picks there, and
-the cosine between the two engines' first-step encoder gradients (same weights and batch; 1
-when they agree).
+``gramian_engine`` says per setup which engine is faster, and the cosine between the two
+engines' first-step encoder gradients (same weights and batch; 1 when they agree).
 
 **Memory** (``--no-memory`` skips it). On a CPU, the step's resident-memory high-water mark, in a
 subprocess (this script with ``--memory-worker``) started with ``MALLOC_MMAP_THRESHOLD_=65536``
@@ -71,7 +70,6 @@ import torch  # noqa: E402
 
 from xtc import config as xconfig  # noqa: E402
 from xtc.distributed import Context  # noqa: E402
-from xtc.losses.aggregation import choose_engine  # noqa: E402
 from xtc.analysis.profiling import synthetic_batch  # noqa: E402
 from xtc.runtime import git_commit, resolve_precision  # noqa: E402
 from xtc.tasks import TASKS, transfers_of  # noqa: E402
@@ -150,7 +148,7 @@ def make_config(args, setup: dict, candidate: str, device: torch.device) -> xcon
     overrides = base_overrides(args) + [
         f"model.tasks=[{', '.join(setup['tasks'])}]",
         f"loss.objectives={setup['objectives']}", f"loss.aggregator={aggregator}"]
-    if aggregator != NONE:  # each engine on its own, whatever auto would pick
+    if aggregator != NONE:  # each engine on its own
         overrides.append("loss.aggregator_engine="
                          f"{'autogram' if candidate == AUTOGRAM else 'autojac'}")
     if setup["transfers"] is not None:
@@ -407,8 +405,6 @@ def run(args) -> dict:
                       "autogram_over_autojac": _common.median_ratio(times[AUTOGRAM],
                                                                     times["upgrad"]),
                       "faster": "autojac" if ta <= tg else "autogram",
-                      "auto_picks": choose_engine("auto", "upgrad", K, resolve_precision(
-                          auto.cfg.train.precision, device), distributed=False),
                       "first_step_encoder_grad_cosine": _cosine(auto.first_grad, gram.first_grad)}
         results[setup_name] = {
             "tasks": spec["tasks"], "transfers": cands[NONE].edges,

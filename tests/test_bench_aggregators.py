@@ -43,7 +43,6 @@ def test_aggregators_benchmark_reports_every_setup_and_aggregator_with_finite_ra
         assert s["candidates"]["none"]["ratio_to_none"] == 1.0
         engine = s["gramian_engine"]
         assert engine["faster"] in ("autojac", "autogram")
-        assert engine["auto_picks"] == ("autogram" if s["K"] >= 4 else "autojac"), name
         # both engines give UPGrad's direction on the encoder from the same weights and batch
         assert engine["first_step_encoder_grad_cosine"] > 0.999, (name, engine)
     assert isinstance(out["target"]["met"], bool) and isinstance(out["target"]["over"], list)

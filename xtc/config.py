@@ -98,9 +98,8 @@ class LossConfig:
     aggregator_args: dict = field(default_factory=dict)  # its arguments, e.g. {c: 0.4} (cagrad)
     objectives: str = "tasks"  # aggregator's objectives: tasks (one per task group L_a) |
                                # terms (each direct and each cross-task term; lambda not applied)
-    aggregator_engine: str = "auto"  # autojac (the K x P Jacobian) | autogram (its Gramian;
-                                     # Gramian-based aggregators, fp32, one process) | auto:
-                                     # autogram from 4 objectives where it can run (faster)
+    aggregator_engine: str = "autojac"  # autojac (the K x P Jacobian) | autogram (only its
+        # Gramian: less memory, slower on CPU; Gramian-based aggregators, fp32, one process)
 
 
 @dataclass
@@ -340,7 +339,7 @@ def _validate_aggregation(cfg: Config) -> None:
         if loss.aggregator_args:
             raise ConfigError(f"loss.aggregator_args={loss.aggregator_args} without an "
                               f"aggregator; set loss.aggregator (e.g. upgrad) or drop the args")
-        if loss.aggregator_engine != "auto":
+        if loss.aggregator_engine != "autojac":
             raise ConfigError(f"loss.aggregator_engine={loss.aggregator_engine} without an "
                               f"aggregator; set loss.aggregator (e.g. upgrad) or drop it")
         return
@@ -351,7 +350,7 @@ def _validate_aggregation(cfg: Config) -> None:
     if loss.aggregator_engine == "autogram" and not gramian_based(loss.aggregator):
         raise ConfigError(f"loss.aggregator_engine=autogram: {loss.aggregator} is not a "
                           f"function of the Gramian J J^T, so only autojac can run it; use "
-                          f"loss.aggregator_engine=autojac (or auto)")
+                          f"loss.aggregator_engine=autojac")
     if loss.weighting != "fixed":
         warnings.warn(f"loss.aggregator={loss.aggregator} balances the objectives itself: "
                       f"loss.weighting={loss.weighting} is not applied (recorded as fixed)",

@@ -35,7 +35,7 @@ from xtc.data import build_dataset_from_config
 from xtc.data import num_classes as dataset_classes
 from xtc.data.resident import ResidentSplit
 from xtc.losses import build_criterion
-from xtc.losses.aggregation import choose_engine, gradient_statistics, objective_jacobian
+from xtc.losses.aggregation import check_engine, gradient_statistics, objective_jacobian
 from xtc.metrics import ConsistencyMeter
 from xtc.models import build_model_from_config
 from xtc.tasks import TASKS, is_edge, split_edge
@@ -89,7 +89,6 @@ class Run:
     test_metrics: dict = field(default_factory=dict)  # the reported test metrics (see protocol)
     reported_epochs: list = field(default_factory=list)  # epochs the test metrics come from
     wall_time_s: float = 0.0
-    aggregator_engine: Optional[str] = None  # loss.aggregator's engine that ran (autojac|autogram)
 
 
 @dataclass
@@ -162,8 +161,8 @@ def build_experiment(cfg: Config, device: Any = None, *, optimizer: bool = True,
     opt = sched = None
     if optimizer and criterion.aggregation is not None:  # training: the Jacobian's engine
         aggregation = criterion.aggregation
-        aggregation.use_engine(choose_engine(
-            cfg.loss.aggregator_engine, aggregation.name, len(aggregation.names),
+        aggregation.use_engine(check_engine(
+            cfg.loss.aggregator_engine, aggregation.name,
             runtime.resolve_precision(cfg.train.precision, device), ctx.active))
     if optimizer:
         opt = build_optimizer(cfg, list(model.parameters()) + criterion.optimised_parameters())
@@ -390,8 +389,7 @@ class _Session:
                   best_epoch=state.best_epoch,
                   val_metrics={k[4:]: v for k, v in best.items() if k.startswith("val_")},
                   test_metrics=test_metrics, reported_epochs=reported,
-                  wall_time_s=time.perf_counter() - self.start,
-                  aggregator_engine=getattr(self.exp.criterion.aggregation, "engine", None))
+                  wall_time_s=time.perf_counter() - self.start)
         if out_dir is not None and ctx.is_main:
             write_results(run, self.train_set, self.device, world=ctx.world)
             finish_checkpoints(out_dir, cfg.train.keep_checkpoints)
@@ -695,14 +693,13 @@ def write_results(run: Run, train_set, device: torch.device, world: int = 1) -> 
         provenance={**runtime.provenance(device), "dataset_fingerprint": train_set.fingerprint(),
                     "world_size": world,
                     "precision": runtime.resolve_precision(cfg.train.precision, device)},
-        **({"aggregation": aggregation_record(run.model, cfg, run.aggregator_engine or "autojac")}
+        **({"aggregation": aggregation_record(run.model, cfg)}
            if cfg.loss.aggregator != "none" else {}),
     )
 
 
-def aggregation_record(model, cfg: Config, engine: str = "autojac") -> dict:
-    """What results.json says about a run's gradient aggregation (``engine``: the one that
-    ran, :func:`xtc.losses.aggregation.choose_engine`)."""
+def aggregation_record(model, cfg: Config) -> dict:
+    """What results.json says about a run's gradient aggregation."""
     from importlib.metadata import version
 
     from xtc.losses.aggregation import JACOBIANS, aggregator_arguments
@@ -712,8 +709,8 @@ def aggregation_record(model, cfg: Config, engine: str = "autojac") -> dict:
     return {"aggregator": cfg.loss.aggregator,
             "args": {**aggregator_arguments(cfg.loss.aggregator), **cfg.loss.aggregator_args},
             "objectives": cfg.loss.objectives, "objective_names": names,
-            "engine": engine, "engine_requested": cfg.loss.aggregator_engine,
-            "jacobian": JACOBIANS[engine], "torchjd": version("torchjd")}
+            "engine": cfg.loss.aggregator_engine,
+            "jacobian": JACOBIANS[cfg.loss.aggregator_engine], "torchjd": version("torchjd")}
 
 
 def protocol(cfg: Config, dataset, reported_epochs: list[int] | None = None) -> dict:

@@ -25,19 +25,20 @@ rows came out 5-50% off; tests/test_aggregation.py checks the Jacobian against p
 autograd). Decoders and transfer nets are task-specific: they get the sum of their
 objectives' gradients, as in plain gradient descent.
 
-**Two engines** (``loss.aggregator_engine``). ``autojac`` holds the K x P Jacobian and hands
-it to the aggregator. ``autogram`` (TorchJD's Gramian engine on the encoder,
-``batch_dim=None`` because of its BatchNorm) computes only the K x K Gramian J J^T, takes the
-aggregator's weights w from it and backpropagates w, so the encoder gets J^T w: the same step
-for the aggregators that are functions of the Gramian (:func:`gramian_based`: UPGrad, MGDA,
-PCGrad, CAGrad, IMTL-G, Aligned-MTL, DualProj, FairGrad), without the Jacobian in memory.
-Measured (bench/RESULTS.md sections 13-14): slower at K = 2, faster and 15-27% lighter from
-K = 4. ``auto`` (the default) therefore takes ``autogram`` for a Gramian-based aggregator over
-at least :data:`AUTOGRAM_FROM` objectives, in fp32 and in one process, and ``autojac``
-otherwise: TorchJD 0.18's Gramian engine fails under bf16 autocast, and under DDP the
-Jacobian rows of the ranks must be averaged before aggregation, while the Gramian of
-averaged rows is not the average of the ranks' Gramians. ``autogram`` asked for where it
-cannot run is refused with the reason.
+**Two engines** (``loss.aggregator_engine``). ``autojac`` (the default) holds the K x P
+Jacobian and hands it to the aggregator. ``autogram`` (TorchJD's Gramian engine on the
+encoder, ``batch_dim=None`` because of its BatchNorm) computes only the K x K Gramian J J^T,
+takes the aggregator's weights w from it and backpropagates w, so the encoder gets J^T w: the
+same step (tested) for the aggregators that are functions of the Gramian
+(:func:`gramian_based`: UPGrad, MGDA, PCGrad, CAGrad, IMTL-G, Aligned-MTL, DualProj,
+FairGrad), without the Jacobian in memory. Measured for UPGrad on a 2-core CPU
+(bench/RESULTS.md section 14): 15-17% less step memory from K = 4, but 1.09-1.39x the
+autojac step time at K = 2-8 (the decoders need one more backward for their summed
+gradients), so it is the option for a Jacobian that does not fit, not the default. It runs in
+fp32 in one process only: TorchJD 0.18's Gramian engine fails under bf16 autocast, and under
+DDP the ranks' Jacobian rows must be averaged before aggregation, while the Gramian of
+averaged rows is not the average of the ranks' Gramians; asked for there, it is refused with
+the reason.
 
 **Distributed.** Every rank's Jacobian is averaged over the ranks *before* aggregation, so
 N processes aggregate the global batch's Jacobian and make the same update as one process
@@ -68,8 +69,7 @@ from xtc.registry import Registry
 
 AGGREGATORS = Registry("aggregator")
 OBJECTIVES = ("tasks", "terms")  # loss.objectives
-ENGINES = ("auto", "autojac", "autogram")  # loss.aggregator_engine
-AUTOGRAM_FROM = 4  # auto: the Gramian engine from this many objectives (bench/RESULTS.md s. 13)
+ENGINES = ("autojac", "autogram")  # loss.aggregator_engine
 NONE = "none"  # loss.aggregator: the scalarised loss, no Jacobian
 COND_CAP = 1e12  # gstat_gramian_cond of a singular Gramian
 JACOBIANS = {  # what results.json says the Jacobian was, per engine
@@ -198,24 +198,25 @@ def gramian_based(name: str) -> bool:
     return isinstance(build_aggregator(name, 2), GramianWeightedAggregator)
 
 
-def choose_engine(requested: str, name: str, n_objectives: int, precision: str,
-                  distributed: bool) -> str:
-    """``loss.aggregator_engine`` -> the engine that runs: ``autojac`` or ``autogram``.
+def check_engine(engine: str, name: str, precision: str, distributed: bool) -> str:
+    """``engine`` if it can run aggregator ``name`` here, else ConfigError with the reason.
 
     ``precision`` is the resolved one (``fp32`` | ``bf16``); ``distributed``: under torchrun.
 
     Examples:
-        >>> choose_engine("auto", "upgrad", 4, "fp32", False)
+        >>> check_engine("autogram", "upgrad", "fp32", distributed=False)
         'autogram'
-        >>> choose_engine("auto", "upgrad", 2, "fp32", False)  # slower at two objectives
-        'autojac'
-        >>> choose_engine("auto", "graddrop", 8, "fp32", False)  # not a function of J J^T
-        'autojac'
+        >>> check_engine("autogram", "upgrad", "bf16", distributed=False)
+        Traceback (most recent call last):
+        ...
+        xtc.errors.ConfigError: loss.aggregator_engine=autogram cannot run here: TorchJD 0.18's \
+Gramian engine fails under bf16 autocast (set train.precision=fp32); use \
+loss.aggregator_engine=autojac
     """
-    if requested not in ENGINES:
-        raise ConfigError(f"loss.aggregator_engine={requested!r}; choose one of {list(ENGINES)}")
-    if requested == "autojac":
-        return "autojac"
+    if engine not in ENGINES:
+        raise ConfigError(f"loss.aggregator_engine={engine!r}; choose one of {list(ENGINES)}")
+    if engine == "autojac":
+        return engine
     reasons = []
     if not gramian_based(name):
         gramians = [n for n in AGGREGATORS.names() if gramian_based(n)]
@@ -226,13 +227,10 @@ def choose_engine(requested: str, name: str, n_objectives: int, precision: str,
     if distributed:
         reasons.append("under torchrun the ranks' Jacobian rows are averaged before "
                        "aggregation, and a Gramian cannot be averaged that way")
-    if requested == "autogram":
-        if reasons:
-            raise ConfigError(f"loss.aggregator_engine=autogram cannot run here: "
-                              f"{'; '.join(reasons)}; use loss.aggregator_engine=autojac "
-                              f"(or auto, which picks what can run)")
-        return "autogram"
-    return "autogram" if not reasons and n_objectives >= AUTOGRAM_FROM else "autojac"
+    if reasons:
+        raise ConfigError(f"loss.aggregator_engine=autogram cannot run here: "
+                          f"{'; '.join(reasons)}; use loss.aggregator_engine=autojac")
+    return engine
 
 
 class Aggregation(nn.Module):
@@ -252,7 +250,7 @@ class Aggregation(nn.Module):
         self.name, self.mode, self.args = name, mode, dict(args or {})
         self.names = tuple(names)
         self.aggregator = build_aggregator(name, len(self.names), self.args)
-        self.engine = "autojac"  # set by use_engine (build_experiment: choose_engine)
+        self.engine = "autojac"  # set by use_engine (build_experiment: check_engine)
         self._gramian_engine = None  # torchjd.autogram.Engine on the encoder (autogram)
         self._encoder: Optional[nn.Module] = None
         self._shared: tuple = ()  # the encoder's parameters (attach)
@@ -267,11 +265,11 @@ class Aggregation(nn.Module):
                              if p.requires_grad and id(p) not in encoder_ids)
 
     def use_engine(self, engine: str) -> None:
-        """Run the steps with ``engine`` (``autojac`` | ``autogram``, from
-        :func:`choose_engine`). The Gramian engine hooks the encoder's modules; those hooks
+        """Run the steps with ``engine`` (``autojac`` | ``autogram``, checked by
+        :func:`check_engine`). The Gramian engine hooks the encoder's modules; those hooks
         only act on forward passes that record gradients."""
-        if engine not in ENGINES[1:]:
-            raise ConfigError(f"engine {engine!r}; choose one of {list(ENGINES[1:])}")
+        if engine not in ENGINES:
+            raise ConfigError(f"engine {engine!r}; choose one of {list(ENGINES)}")
         self.engine = engine
         self._gramian_engine = None
         if engine == "autogram":
