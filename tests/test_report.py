@@ -248,3 +248,23 @@ def test_every_shipped_plan_s_analysis_reads_runs_it_trains(preset):
     if "runs:" not in text and "grid:" not in text:
         pytest.skip("a training config, not a plan")
     report.load_plan(preset)  # _check_run_references: every $runs/<name> is a planned run
+
+
+def test_an_explicit_grouping_still_tells_two_and_three_task_runs_apart():
+    """The demo's 90_summary groups by [method, cross_task, ...]: its mtl rows over two and
+    over three tasks must not both read "mtl"."""
+    def row(method, tasks, i):
+        return {"method": method, "tasks": tasks, "cross_task": "consistency", "seed": 0,
+                "name": f"run{i}", "metrics": {"miou": 0.4}, "params": {}}
+
+    rows = [row(m, t, 2 * i + j) for i, m in enumerate(("mtl", "xtc"))
+            for j, t in enumerate(("seg+depth", "seg+depth+normal"))] + [
+        row("stl-normal", "normal", 9)]
+    group_by = summary.grouping(rows, base=["method", "cross_task"], optional=())
+    assert group_by == ["method", "tasks", "cross_task"]
+    labels = [summary.group_label(g, group_by) for g in summary.aggregate(rows, group_by=group_by)]
+    assert len(set(labels)) == len(labels) == 5, labels
+    assert "mtl, tasks=seg+depth+normal" in labels and "stl-normal" in labels
+    one_set = [r for r in rows if r["tasks"] == "seg+depth"]
+    assert summary.grouping(one_set, base=["method", "cross_task"], optional=()) == [
+        "method", "cross_task"]
