@@ -268,3 +268,13 @@ def test_an_explicit_grouping_still_tells_two_and_three_task_runs_apart():
     one_set = [r for r in rows if r["tasks"] == "seg+depth"]
     assert summary.grouping(one_set, base=["method", "cross_task"], optional=()) == [
         "method", "cross_task"]
+
+
+def test_single_task_rows_of_an_aggregator_sweep_are_labelled_by_their_method_alone():
+    group_by = ["method", "cross_task", "loss.aggregator", "loss.objectives"]
+    stl = {"method": "stl-seg", "loss.aggregator": "none", "loss.objectives": "tasks"}
+    xtc = {"method": "xtc", "cross_task": "consistency", "loss.aggregator": "upgrad",
+           "loss.objectives": "terms"}
+    assert summary.group_label(stl, group_by) == "stl-seg"
+    assert summary.group_label(xtc, group_by) == (
+        "xtc consistency, aggregator=upgrad, objectives=terms")

@@ -301,6 +301,9 @@ def group_label(group: dict, group_by: Iterable[str] = ("method", "cross_task"))
     values = {_short(f): group.get(f) for f in group_by if group.get(f) not in (None, "-")}
     if str(group.get("method")).startswith("stl-"):
         values.pop("tasks", None)  # stl-normal says its task already
+        if values.get("aggregator") in (None, "none"):  # one loss: nothing to aggregate
+            values.pop("aggregator", None)
+            values.pop("objectives", None)
     method = values.pop("method", None)
     xtc_like = method in (None, "xtc")
     words = [str(method)] if method is not None else []
