@@ -332,7 +332,7 @@ def _validate_aggregation(cfg: Config) -> None:
     """``loss.aggregator_args`` against the aggregator's arguments; an aggregator replaces
     the loss weighting, which is then recorded as ``fixed`` (what ran), with a warning when
     another weighting was asked for."""
-    from xtc.losses.aggregation import NONE, check_arguments, gramian_based
+    from xtc.losses.aggregation import NONE, check_arguments, check_engine
 
     loss = cfg.loss
     if loss.aggregator == NONE:
@@ -347,10 +347,9 @@ def _validate_aggregation(cfg: Config) -> None:
         check_arguments(loss.aggregator, loss.aggregator_args)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    if loss.aggregator_engine == "autogram" and not gramian_based(loss.aggregator):
-        raise ConfigError(f"loss.aggregator_engine=autogram: {loss.aggregator} is not a "
-                          f"function of the Gramian J J^T, so only autojac can run it; use "
-                          f"loss.aggregator_engine=autojac")
+    # what the config alone decides (the aggregator); precision and torchrun are checked
+    # again by build_experiment, where they are known
+    check_engine(loss.aggregator_engine, loss.aggregator, precision="fp32", distributed=False)
     if loss.weighting != "fixed":
         warnings.warn(f"loss.aggregator={loss.aggregator} balances the objectives itself: "
                       f"loss.weighting={loss.weighting} is not applied (recorded as fixed)",

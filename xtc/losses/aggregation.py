@@ -77,7 +77,6 @@ JACOBIANS = {  # what results.json says the Jacobian was, per engine
     "autogram": "shared encoder parameters, as its Gramian (torchjd.autogram.Engine on the "
                 "encoder, batch_dim=None; the aggregator's weights from the Gramian)",
 }
-JACOBIAN = JACOBIANS["autojac"]
 
 
 def _tensor(value):
